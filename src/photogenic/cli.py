@@ -1,0 +1,191 @@
+"""The `photogenic` command line."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+import yaml
+
+from photogenic.config import PRESETS, Config, ConfigError, field_docs, load_config, to_dict
+from photogenic.redact import secret_env_values
+from photogenic.storage import StoreError, open_store, split_uri
+
+__all__ = ["main"]
+
+
+class _RedactingFilter(logging.Filter):
+    """Replaces the values of credential environment variables in every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = secret_env_values()
+        if secrets:
+            message = record.getMessage()
+            for secret in secrets:
+                message = message.replace(secret, "<redacted>")
+            record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Known errors print one clear line and exit 1 instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, StoreError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--preset, --config, --workspace and trailing `key=value` overrides, resolved into `config: Config`."""
+
+    @click.option("--preset", "-p", default=None, help=f"Named preset: {', '.join(PRESETS)} (default: demo).")
+    @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+    @click.option("--workspace", "-w", envvar="PHOTOGENIC_WORKSPACE", help="Workspace folder (store, MLflow, reports).")
+    @click.argument("overrides", nargs=-1)
+    @functools.wraps(fn)
+    def wrapper(
+        preset: str | None, config_file: str | None, workspace: str | None, overrides: tuple[str, ...], **kw: Any
+    ) -> Any:
+        extra = [f"workspace={workspace}"] if workspace else []
+        try:
+            config = load_config(preset, config_file, [*extra, *overrides])
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return fn(config=config, **kw)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Photogenic: quality-tuning for text-to-image models (Emu's recipe) as a Kubeflow pipeline.
+
+    Every command takes the same config: a --preset, a --config YAML file and `dotted.key=value`
+    overrides, in that order of precedence.
+    """
+    setup_logging(logging.DEBUG if verbose else logging.INFO)
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@click.option("--docs", is_flag=True, help="Print each key's one-line doc beside its value.")
+@config_options
+def config_show(config: Config, docs: bool) -> None:
+    """Print the resolved config as YAML, with its fingerprint."""
+    if docs:
+        flat_docs = field_docs()
+        from photogenic.config import flatten
+
+        for key, value in flatten(to_dict(config)).items():
+            click.echo(f"{key} = {value!r}\n    {flat_docs.get(key, '')}")
+    else:
+        click.echo(yaml.safe_dump(to_dict(config), sort_keys=False).rstrip())
+    click.echo(f"# fingerprint: {config.fingerprint()}")
+
+
+@config_group.command("presets")
+def config_presets() -> None:
+    """List the named presets."""
+    for name, fn in PRESETS.items():
+        click.echo(f"{name:8s} {(fn.__doc__ or '').strip()}")
+
+
+# --------------------------------------------------------------------------------------------- store
+
+
+@main.group("store")
+def store_group() -> None:
+    """Inspect data in any store URI (a local path or s3://bucket/prefix).
+
+    S3 endpoint and credentials come from the standard AWS variables
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE).
+    """
+
+
+def _parent_and_name(uri: str) -> tuple[str, str]:
+    scheme, rest = split_uri(uri)
+    head, _, name = rest.rstrip("/").rpartition("/")
+    if not name:
+        raise StoreError(f"{uri!r} does not name an object")
+    return (f"s3://{head}" if scheme == "s3" else head or "/"), name
+
+
+@store_group.command("ls")
+@click.argument("uri")
+@click.option("-l", "--long", "long_", is_flag=True, help="Show size and recorded sha256 too.")
+@_friendly_errors
+def store_ls(uri: str, long_: bool) -> None:
+    """List the objects under URI, recursively."""
+    store = open_store(uri)
+    count = total = 0
+    for info in store.list():
+        count, total = count + 1, total + info.size
+        if long_:
+            sha = info.sha256 or (store.stat(info.key).sha256 if store.root.startswith("s3://") else None)
+            click.echo(f"{info.size:>12d}  {sha or '-':64s}  {info.uri}")
+        else:
+            click.echo(info.uri)
+    click.echo(f"# {count} objects, {total} bytes", err=True)
+
+
+@store_group.command("cat")
+@click.argument("uri")
+@_friendly_errors
+def store_cat(uri: str) -> None:
+    """Write one object to standard output (its checksum is verified)."""
+    parent, name = _parent_and_name(uri)
+    with open_store(parent).open(name) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sys.stdout.buffer.write(chunk)
+
+
+@store_group.command("get")
+@click.argument("uri")
+@click.argument("dest", type=click.Path())
+@_friendly_errors
+def store_get(uri: str, dest: str) -> None:
+    """Download one object to DEST (checksum verified before it appears)."""
+    parent, name = _parent_and_name(uri)
+    path = open_store(parent).get_file(name, dest)
+    click.echo(str(path))
+
+
+@store_group.command("put")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.argument("uri")
+@_friendly_errors
+def store_put(src: str, uri: str) -> None:
+    """Upload the file SRC to URI, recording its sha256."""
+    parent, name = _parent_and_name(uri)
+    info = open_store(parent).put_file(name, src)
+    click.echo(f"{info.uri}  {info.size} bytes  sha256 {info.sha256}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

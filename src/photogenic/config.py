@@ -1,0 +1,508 @@
+"""One typed config tree for every stage: dataclasses, named presets, YAML files and `a.b=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "PRESETS",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "flatten",
+    "fingerprint",
+    "field_docs",
+]
+
+
+class ConfigError(ValueError):
+    """A config value, key, file or preset is not acceptable; the message names it and says what is allowed."""
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **bounds: float) -> Any:
+    """A dataclass field with a one-line doc and optional numeric bounds (ge, gt, le, lt)."""
+    unknown = set(bounds) - {"ge", "gt", "le", "lt"}
+    if unknown:
+        raise TypeError(f"unknown bound(s) {sorted(unknown)}")
+    metadata = {"doc": text, **bounds}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use a tuple or a default_factory for mutable defaults")
+    if callable(default):  # a dataclass or a factory function
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tree. Every field has a default and a one-line doc; `photogenic config show --docs` prints them.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The generated toy world: a haystack of image-caption pairs with a hidden appeal oracle."""
+
+    seed: int = doc("Seed of the world generator; the same seed renders the same world.", 0, ge=0)
+    num_samples: int = doc("Number of image-caption pairs in the haystack.", 20_000, ge=1)
+    image_size: int = doc("Side of the square images in pixels.", 32, ge=16, le=1024)
+    photogenic_rate: float = doc(
+        "Fraction of the haystack rendered to be photogenic (paper: needles are rare).", 0.01, ge=0, le=1
+    )
+    caption_noise: float = doc(
+        "Probability that a caption carries web-style noise (wrong or missing attributes, junk).", 0.3, ge=0, le=1
+    )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Ingestion into tar shards, and validation."""
+
+    shard_max_samples: int = doc("Most samples in one tar shard.", 2_000, ge=1)
+    shard_max_bytes: int = doc("Most bytes in one tar shard before a new one starts.", 256 * 2**20, ge=1024)
+    workers: int = doc("Parallel workers that decode and hash images during ingestion.", 2, ge=1, le=256)
+    min_caption_chars: int = doc("Shortest acceptable caption, in characters after stripping.", 3, ge=1)
+    max_caption_chars: int = doc("Longest acceptable caption, in characters.", 512, ge=1)
+    min_image_side: int = doc("Smallest acceptable image side in pixels.", 16, ge=1)
+    max_aspect_ratio: float = doc("Largest acceptable ratio of the longer to the shorter image side.", 3.0, ge=1)
+    max_failed_fraction: float = doc(
+        "Validation fails the stage when more than this fraction of samples is quarantined.", 0.05, ge=0, le=1
+    )
+
+    def __post_init__(self) -> None:
+        if self.min_caption_chars > self.max_caption_chars:
+            raise ConfigError(
+                f"config key 'data.min_caption_chars' ({self.min_caption_chars}) must not exceed "
+                f"'data.max_caption_chars' ({self.max_caption_chars})"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The latent diffusion model: autoencoder, denoiser and frozen text encoder."""
+
+    latent_channels: Literal[4, 8, 16] = doc("Autoencoder latent channels (paper, 3.1: 16 beat 4).", 16)
+    autoencoder_channels: tuple[int, ...] = doc("Channels of the autoencoder's blocks.", (32, 64))
+    unet_channels: tuple[int, ...] = doc("Channels of the denoiser's U-Net blocks.", (64, 128, 128))
+    layers_per_block: int = doc("Residual layers per U-Net block.", 1, ge=1, le=8)
+    attention_head_dim: int = doc("Width of one attention head in the U-Net.", 32, ge=8)
+    text_encoder: str = doc(
+        "Frozen text encoder: 'minilm' (the offline MiniLM package) or a local/S3 path to a model.", "minilm"
+    )
+    max_caption_tokens: int = doc("Captions are truncated to this many tokens.", 32, ge=4, le=512)
+    prediction_type: Literal["epsilon", "v_prediction"] = doc("What the denoiser predicts.", "v_prediction")
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """One training recipe of the single trainer (autoencoder, pretrain or quality_tune)."""
+
+    steps: int = doc("Optimizer steps to run (a cap when early stopping is on).", 1_000, ge=1)
+    global_batch_size: int = doc("Samples per optimizer step across all ranks.", 64, ge=1)
+    grad_accum_steps: int = doc("Micro-batches accumulated per optimizer step on each rank.", 1, ge=1)
+    learning_rate: float = doc("Peak learning rate.", 1e-3, gt=0, le=1)
+    warmup_steps: int = doc("Linear warm-up steps before the cosine decay.", 50, ge=0)
+    weight_decay: float = doc("AdamW weight decay.", 0.01, ge=0)
+    grad_clip: float = doc("Gradient norm clipping threshold (0 turns it off).", 1.0, ge=0)
+    ema_decay: float = doc("EMA decay of the denoiser weights (0 turns EMA off).", 0.999, ge=0, lt=1)
+    noise_offset: float = doc("Noise offset of the diffusion loss (paper: 0.02 pretraining, 0.1 QT).", 0.0, ge=0)
+    caption_dropout: float = doc("Probability of an empty caption, for classifier-free guidance.", 0.1, ge=0, le=1)
+    checkpoint_every: int = doc("Steps between DeepSpeed checkpoints (0: only at the end).", 200, ge=0)
+    keep_checkpoints: int = doc("Most checkpoints kept; older ones are deleted.", 2, ge=1)
+    sample_every: int = doc("Steps between logged sample grids (0: only at the end).", 500, ge=0)
+
+
+def _qt_recipe() -> RecipeConfig:
+    # Paper, section 3.4: batch 64, noise offset 0.1, at most 15K iterations, stopped early.
+    return RecipeConfig(
+        steps=400, global_batch_size=64, learning_rate=5e-5, warmup_steps=20, noise_offset=0.1, caption_dropout=0.1
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The trainer: DeepSpeed settings shared by all recipes, and one section per recipe."""
+
+    seed: int = doc("Seed for initialisation, noise and data order.", 0, ge=0)
+    zero_stage: Literal[0, 1, 2, 3] = doc("DeepSpeed ZeRO stage (0: plain data parallel).", 2)
+    precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
+    autoencoder: RecipeConfig = doc(
+        "Autoencoder training.",
+        lambda: RecipeConfig(steps=1_000, learning_rate=1e-3, caption_dropout=0.0, ema_decay=0.0),
+    )
+    pretrain: RecipeConfig = doc(
+        "Latent diffusion pretraining on the haystack.", lambda: RecipeConfig(noise_offset=0.02)
+    )
+    quality_tune: RecipeConfig = doc("Quality-tuning on the curated needles.", _qt_recipe)
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """The curation funnel: automatic filters, then two review rounds (paper, section 3.3)."""
+
+    target_size: int = doc("Images kept for quality-tuning after the specialist round.", 400, ge=1)
+    generalist_keep: float = doc("Fraction the generalist round keeps of the filtered pool (recall).", 0.1, gt=0, le=1)
+    reviewer_noise: float = doc("Standard deviation of the simulated reviewers' rating noise.", 0.05, ge=0)
+    min_aesthetic_score: float = doc("Aesthetic predictor threshold of the automatic filter.", 0.5, ge=0, le=1)
+    holdout_concepts: tuple[str, ...] = doc("Concepts kept out of the QT set to measure generality.", ())
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Pairwise evaluation of two models on the same prompts and seeds (paper, section 4)."""
+
+    seeds_per_prompt: int = doc("Images per prompt and model, with shared seeds.", 2, ge=1)
+    sampling_steps: int = doc("Sampler steps per image.", 25, ge=1)
+    guidance_scale: float = doc("Classifier-free guidance scale.", 3.0, ge=0)
+    tie_margin: float = doc("Appeal scores closer than this count as a tie.", 0.02, ge=0)
+    bootstrap_samples: int = doc("Bootstrap resamples for the 95% intervals.", 2_000, ge=100)
+    min_judge_agreement: float = doc(
+        "Below this pairwise agreement with the oracle the report calls the result untrustworthy.", 0.9, ge=0, le=1
+    )
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where stages keep their data. Credentials never live here: they come from the AWS environment."""
+
+    root: str = doc("Store URI for all stage outputs (local path or s3://bucket/prefix); '' = <workspace>/store.", "")
+    multipart_threshold_mb: int = doc("Files larger than this are uploaded in parts.", 64, ge=5)
+    multipart_chunk_mb: int = doc("Size of one part of a multipart upload.", 16, ge=5)
+    max_attempts: int = doc("Attempts per S3 request under botocore's standard retry mode.", 5, ge=1, le=20)
+    connect_timeout_s: float = doc("Seconds to wait for a connection to the S3 endpoint.", 5.0, gt=0)
+    read_timeout_s: float = doc("Seconds to wait for an S3 response.", 60.0, gt=0)
+    addressing_style: Literal["path", "virtual", "auto"] = doc(
+        "S3 addressing style; 'path' works with in-cluster servers (SeaweedFS, MinIO) and AWS alike.", "path"
+    )
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow tracking."""
+
+    uri: str = doc("Tracking URI; '' = $MLFLOW_TRACKING_URI, else sqlite:///<workspace>/mlflow.db.", "")
+    experiment: str = doc("MLflow experiment, one per pipeline.", "photogenic-quality-tuning")
+    on_error: Literal["warn", "fail"] = doc("When the tracking store fails: keep going and report, or fail.", "warn")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a Photogenic run."""
+
+    preset: str = doc("The named preset this config started from.", "demo")
+    workspace: str = doc("Local folder for the store, the MLflow database and reports.", "./photogenic-workspace")
+    world: WorldConfig = doc("The toy world.", WorldConfig)
+    data: DataConfig = doc("Ingestion and validation.", DataConfig)
+    model: ModelConfig = doc("The model.", ModelConfig)
+    train: TrainConfig = doc("The trainer and its recipes.", TrainConfig)
+    curate: CurateConfig = doc("The curation funnel.", CurateConfig)
+    evaluate: EvaluateConfig = doc("The evaluation.", EvaluateConfig)
+    storage: StorageConfig = doc("Storage.", StorageConfig)
+    tracking: TrackingConfig = doc("Experiment tracking.", TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)
+
+    def store_root(self) -> str:
+        """The store URI stage outputs go under."""
+        return self.storage.root or str(Path(self.workspace, "store"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: named recipe functions, as in torchtitan. `tiny` runs every stage in seconds on a CPU.
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, Callable[[], Config]] = {}
+
+
+def preset(fn: Callable[[], Config]) -> Callable[[], Config]:
+    PRESETS[fn.__name__] = fn
+    return fn
+
+
+@preset
+def tiny() -> Config:
+    """Every stage in seconds on one CPU core: tests and CI."""
+    small = RecipeConfig(
+        steps=2, global_batch_size=4, warmup_steps=0, checkpoint_every=1, sample_every=0, learning_rate=1e-3
+    )
+    return Config(
+        preset="tiny",
+        world=WorldConfig(num_samples=200, image_size=32, photogenic_rate=0.1),
+        data=DataConfig(shard_max_samples=64, workers=1),
+        model=ModelConfig(
+            latent_channels=16, autoencoder_channels=(8, 16), unet_channels=(16, 32), attention_head_dim=8
+        ),
+        train=TrainConfig(
+            zero_stage=2,
+            autoencoder=dataclasses.replace(small, caption_dropout=0.0, ema_decay=0.0),
+            pretrain=dataclasses.replace(small, noise_offset=0.02),
+            quality_tune=dataclasses.replace(small, noise_offset=0.1, learning_rate=5e-5),
+        ),
+        curate=CurateConfig(target_size=8, generalist_keep=0.5),
+        evaluate=EvaluateConfig(seeds_per_prompt=1, sampling_steps=2, bootstrap_samples=200),
+    )
+
+
+@preset
+def demo() -> Config:
+    """The default local run: the whole pipeline on 2 CPU cores in about 20 minutes."""
+    return Config(preset="demo")
+
+
+@preset
+def gpu() -> Config:
+    """One GPU node: 64 px world, a wider model, bf16, ZeRO-2."""
+    return Config(
+        preset="gpu",
+        world=WorldConfig(num_samples=200_000, image_size=64),
+        model=ModelConfig(autoencoder_channels=(64, 128, 128), unet_channels=(128, 256, 512), layers_per_block=2),
+        train=TrainConfig(
+            precision="bf16",
+            autoencoder=RecipeConfig(steps=5_000, global_batch_size=256, caption_dropout=0.0, ema_decay=0.0),
+            pretrain=RecipeConfig(steps=20_000, global_batch_size=256, noise_offset=0.02),
+            quality_tune=dataclasses.replace(_qt_recipe(), steps=2_000),
+        ),
+        curate=CurateConfig(target_size=2_000),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Building, checking and serialising
+# ---------------------------------------------------------------------------------------------
+
+
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+) -> Config:
+    """Resolve a config: a preset, then a YAML file, then `a.b.c=value` overrides, later ones winning.
+
+    Args:
+        preset: preset name; when None, the file's `preset:` key, else `demo`.
+        file: optional YAML file with any subset of the tree.
+        overrides: `dotted.key=value` strings; values are parsed as YAML scalars or lists.
+
+    Returns:
+        The validated, frozen config.
+
+    Raises:
+        ConfigError: naming the key, file or preset that is wrong and what is allowed.
+    """
+    file_data: dict[str, Any] = {}
+    if file is not None:
+        file_data = _read_yaml(Path(file))
+    name = preset or file_data.get("preset") or "demo"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)}; presets: {', '.join(PRESETS)}")
+    data = to_dict(PRESETS[name]())
+    _merge(data, file_data)
+    for item in overrides:
+        _apply_override(data, item)
+    data["preset"] = name
+    return from_dict(Config, data)
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain JSON-able dict of a config (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def fingerprint(obj: Any) -> str:
+    """A stable sha256 of a config (or any JSON-able value): same content, same fingerprint."""
+    data = to_dict(obj)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def field_docs(cls: type = Config, prefix: str = "") -> dict[str, str]:
+    """`{"dotted.key": "doc"}` for every leaf field of a config class."""
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.update(field_docs(hints[f.name], f"{name}."))
+        else:
+            out[name] = f.metadata.get("doc", "")
+    return out
+
+
+def from_dict(cls: type, data: Mapping[str, Any], path: str = "") -> Any:
+    """Build a config dataclass from plain data, checking keys, types and bounds.
+
+    Raises:
+        ConfigError: for an unknown key (with close matches), a wrong type or a value out of range.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config key {path.rstrip('.') or '<root>'!r} must be a mapping, got {_show(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {path + str(key)!r}{_suggest(str(key), fields, path)}; "
+                f"allowed under {path.rstrip('.') or 'the root'}: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _check(hints[name], value, f"{path}{name}", fields[name].metadata)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config section {path.rstrip('.') or '<root>'!r}: {exc}") from exc
+
+
+def _check(tp: Any, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, f"{key}.")
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args or type(value) is not type(args[args.index(value)]):
+            raise ConfigError(f"config key {key!r} must be one of {list(args)}, got {_show(value)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check(inner[0], value, key, meta)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r} must be a list, got {_show(value)}")
+        item_tp = args[0] if args else Any
+        return tuple(_check(item_tp, v, f"{key}[{i}]", {}) for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} must be a number, got {_show(value)}")
+        value = float(value)
+    elif tp in _SCALARS:
+        what, ok = _SCALARS[tp]
+        if not ok(value):
+            raise ConfigError(f"config key {key!r} must be {what}, got {_show(value)}")
+    _check_bounds(value, key, meta)
+    return value
+
+
+_SCALARS: dict[type, tuple[str, Callable[[Any], bool]]] = {
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_bounds(value: Any, key: str, meta: Mapping[str, Any]) -> None:
+    checks = {
+        "ge": (lambda v, b: v >= b, ">="),
+        "gt": (lambda v, b: v > b, ">"),
+        "le": (lambda v, b: v <= b, "<="),
+        "lt": (lambda v, b: v < b, "<"),
+    }
+    for bound, (ok, sign) in checks.items():
+        if bound in meta and not ok(value, meta[bound]):
+            raise ConfigError(f"config key {key!r} must be {sign} {meta[bound]:g}, got {value!r}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top, got {_show(data)}")
+    return data
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _apply_override(data: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like 'dotted.key=value'")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    parts = key.split(".")
+    node: dict[str, Any] = data
+    cls: Any = Config
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        prefix = ".".join(parts[:i]) + ("." if i else "")
+        if part not in fields:
+            raise ConfigError(
+                f"unknown config key {key!r}{_suggest(part, fields, prefix)}; "
+                f"allowed under {prefix.rstrip('.') or 'the root'}: {', '.join(fields) or '(nothing: a leaf)'}"
+            )
+        cls = typing.get_type_hints(cls)[part]
+        if i < len(parts) - 1:
+            node = node.setdefault(part, {})
+    node[parts[-1]] = _parse_value(raw, cls, key)
+
+
+def _parse_value(raw: str, tp: Any, key: str) -> Any:
+    if tp is str or (typing.get_origin(tp) is Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
+        return raw
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override for {key!r}: cannot parse value {raw!r}: {exc}") from exc
+
+
+def _suggest(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return "; did you mean " + " or ".join(repr(prefix + c) for c in close) + "?"
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"

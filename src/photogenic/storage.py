@@ -1,0 +1,511 @@
+"""One storage API over URIs (local paths, s3://bucket/prefix); sha256 recorded on write, verified on read."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from photogenic.config import StorageConfig
+
+__all__ = [
+    "Store",
+    "LocalStore",
+    "S3Store",
+    "ObjectInfo",
+    "open_store",
+    "split_uri",
+    "join_uri",
+    "sha256_file",
+    "StoreError",
+    "StoreUnreachableError",
+    "BucketNotFoundError",
+    "AccessDeniedError",
+    "ObjectNotFoundError",
+    "ChecksumMismatchError",
+]
+
+SHA256_META = "sha256"  # S3 user metadata key (x-amz-meta-sha256)
+_CHUNK = 1 << 20
+
+
+class StoreError(RuntimeError):
+    """A storage operation failed; the message names the URI and the cause."""
+
+
+class StoreUnreachableError(StoreError):
+    """The storage endpoint cannot be reached."""
+
+
+class BucketNotFoundError(StoreError):
+    """The bucket named in the URI does not exist."""
+
+
+class AccessDeniedError(StoreError):
+    """The credentials are missing, wrong, or not allowed to do this."""
+
+
+class ObjectNotFoundError(StoreError, FileNotFoundError):
+    """No object at that URI."""
+
+
+class ChecksumMismatchError(StoreError):
+    """An object's bytes do not match its recorded or expected sha256."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object."""
+
+    key: str
+    uri: str
+    size: int
+    sha256: str | None  # as recorded at write time; None for objects written by other tools
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> (`s3`, `bucket/a/b`); a local path -> (`file`, absolute path)."""
+    if uri.startswith("s3://"):
+        rest = uri[len("s3://") :]
+        if not rest or rest.startswith("/"):
+            raise StoreError(f"store URI {uri!r} has no bucket: expected s3://bucket[/prefix]")
+        return "s3", rest
+    if uri.startswith("file://"):
+        return "file", str(Path(uri[len("file://") :]).resolve())
+    if "://" in uri:
+        raise StoreError(f"store URI {uri!r} has an unsupported scheme: use a local path or s3://bucket/prefix")
+    return "file", str(Path(uri).expanduser().resolve())
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join URI parts with single slashes."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Streams an object and checks its sha256 when the last byte has been read."""
+
+    def __init__(self, raw: IO[bytes], uri: str, expected: str | None, close: Any = None) -> None:
+        self._raw, self._uri, self._expected = raw, uri, expected
+        self._hash = hashlib.sha256()
+        self._close = close or raw.close
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        if n:
+            self._hash.update(data)
+        elif not self._done:
+            self._done = True
+            _verify(self._uri, self._hash.hexdigest(), self._expected)
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._close()
+        super().close()
+
+
+def _verify(uri: str, actual: str, *expected: str | None) -> None:
+    for want in expected:
+        if want is not None and want != actual:
+            raise ChecksumMismatchError(f"checksum mismatch for {uri}: expected sha256 {want}, got {actual}")
+
+
+class Store(ABC):
+    """Objects under one root URI, addressed by `/`-separated keys relative to it."""
+
+    root: str
+
+    def uri(self, key: str = "") -> str:
+        return join_uri(self.root, key)
+
+    def child(self, prefix: str) -> Store:
+        """A store rooted at `prefix` below this one."""
+        return open_store(self.uri(prefix), getattr(self, "config", None))
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo:
+        """Upload a file atomically, recording its sha256."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        """Write bytes atomically, recording their sha256."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and recorded sha256 of one object; raises ObjectNotFoundError."""
+
+    @abstractmethod
+    def open(self, key: str, sha256: str | None = None) -> BinaryIO:
+        """A streaming reader that raises ChecksumMismatchError at the end if the bytes are wrong."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with `prefix`, in key order."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object (no error if it is absent)."""
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.stat(key)
+        except ObjectNotFoundError:
+            return False
+        return True
+
+    def get_bytes(self, key: str, sha256: str | None = None) -> bytes:
+        """Read a whole object, verifying the recorded sha256 and `sha256` if given."""
+        with self.open(key, sha256) as f:
+            return f.read()
+
+    def get_file(self, key: str, dest: str | Path, sha256: str | None = None) -> Path:
+        """Download to `dest` atomically; the file appears only once its checksum is verified."""
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part-{uuid.uuid4().hex[:8]}")
+        try:
+            with self.open(key, sha256) as src, open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; returns how many."""
+        keys = [o.key for o in self.list(prefix)]
+        for key in keys:
+            self.delete(key)
+        return len(keys)
+
+
+class LocalStore(Store):
+    """A folder. Each object's sha256 is kept in a hidden sidecar `.NAME.sha256` beside it."""
+
+    def __init__(self, root: str | Path, config: StorageConfig | None = None) -> None:
+        self.path = Path(root).expanduser().resolve()
+        self.root = str(self.path)
+        self.config = config
+
+    def _file(self, key: str) -> Path:
+        key = key.strip("/")
+        if not key or any(part in ("", ".", "..") for part in key.split("/")):
+            raise StoreError(f"invalid object key {key!r} under {self.root}")
+        return self.path / key
+
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(f".{path.name}.sha256")
+
+    def _write(self, key: str, write: Any) -> ObjectInfo:
+        path = self._file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                digest, size = write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            side_tmp = Path(f"{tmp}.sha")
+            side_tmp.write_text(digest)
+            os.replace(side_tmp, self._sidecar(path))
+            os.replace(tmp, path)  # the object appears whole, or not at all
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+            Path(f"{tmp}.sha").unlink(missing_ok=True)
+        return ObjectInfo(key=key.strip("/"), uri=str(path), size=size, sha256=digest)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        def write(f: IO[bytes]) -> tuple[str, int]:
+            f.write(data)
+            return hashlib.sha256(data).hexdigest(), len(data)
+
+        return self._write(key, write)
+
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo:
+        def write(f: IO[bytes]) -> tuple[str, int]:
+            h, size = hashlib.sha256(), 0
+            with open(path, "rb") as src:
+                for chunk in iter(lambda: src.read(_CHUNK), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+                    size += len(chunk)
+            return h.hexdigest(), size
+
+        return self._write(key, write)
+
+    def _recorded(self, path: Path) -> str | None:
+        try:
+            return self._sidecar(path).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def stat(self, key: str) -> ObjectInfo:
+        path = self._file(key)
+        if not path.is_file():
+            raise ObjectNotFoundError(f"no object at {path}")
+        return ObjectInfo(key=key.strip("/"), uri=str(path), size=path.stat().st_size, sha256=self._recorded(path))
+
+    def open(self, key: str, sha256: str | None = None) -> BinaryIO:
+        path = self._file(key)
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the reader
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no object at {path}") from None
+        except IsADirectoryError:
+            raise ObjectNotFoundError(f"{path} is a folder, not an object") from None
+        recorded = self._recorded(path)
+        _check_expected_against_recorded(str(path), recorded, sha256)
+        return io.BufferedReader(_VerifyingReader(raw, str(path), sha256 or recorded), _CHUNK)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.path.is_dir():
+            return
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                if name.startswith("."):  # sidecars and in-flight temporary files
+                    continue
+                key = Path(dirpath, name).relative_to(self.path).as_posix()
+                if key.startswith(prefix):
+                    found.append(key)
+        for key in sorted(found):
+            try:
+                yield self.stat(key)
+            except ObjectNotFoundError:  # deleted while listing
+                continue
+
+    def delete(self, key: str) -> None:
+        path = self._file(key)
+        path.unlink(missing_ok=True)
+        self._sidecar(path).unlink(missing_ok=True)
+
+
+def _check_expected_against_recorded(uri: str, recorded: str | None, expected: str | None) -> None:
+    # Fail before reading a byte when the manifest and the object's own record already disagree.
+    if recorded and expected and recorded != expected:
+        raise ChecksumMismatchError(
+            f"checksum mismatch for {uri}: expected sha256 {expected}, the object was written with {recorded}"
+        )
+
+
+class S3Store(Store):
+    """An S3 bucket and prefix. Endpoint and credentials come from the standard AWS environment
+    (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE)."""
+
+    def __init__(self, uri: str, config: StorageConfig | None = None) -> None:
+        _, rest = split_uri(uri)
+        self.bucket, _, prefix = rest.partition("/")
+        self.prefix = prefix.strip("/")
+        self.root = join_uri(f"s3://{self.bucket}", self.prefix)
+        self.config = config or StorageConfig()
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config as BotoConfig
+
+            cfg = self.config
+            self._client = boto3.session.Session().client(
+                "s3",
+                config=BotoConfig(
+                    retries={"mode": "standard", "max_attempts": cfg.max_attempts},
+                    connect_timeout=cfg.connect_timeout_s,
+                    read_timeout=cfg.read_timeout_s,
+                    s3={"addressing_style": cfg.addressing_style},
+                ),
+            )
+        return self._client
+
+    @property
+    def endpoint(self) -> str:
+        return str(self.client.meta.endpoint_url)
+
+    def _key(self, key: str) -> str:
+        key = key.strip("/")
+        if not key:
+            raise StoreError(f"empty object key under {self.root}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        mb = 2**20
+        return TransferConfig(
+            multipart_threshold=self.config.multipart_threshold_mb * mb,
+            multipart_chunksize=self.config.multipart_chunk_mb * mb,
+            max_concurrency=4,
+        )
+
+    def put_file(self, key: str, path: str | Path) -> ObjectInfo:
+        digest, size = sha256_file(path), Path(path).stat().st_size
+        with self._errors(key, "upload"):
+            # The transfer manager switches to multipart above the threshold; S3 makes the
+            # object visible only once the whole upload completes, so readers never see a part.
+            self.client.upload_file(
+                str(path),
+                self.bucket,
+                self._key(key),
+                ExtraArgs={"Metadata": {SHA256_META: digest}},
+                Config=self._transfer_config(),
+            )
+        return ObjectInfo(key=key.strip("/"), uri=self.uri(key), size=size, sha256=digest)
+
+    def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
+        digest = hashlib.sha256(data).hexdigest()
+        with self._errors(key, "write"):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={SHA256_META: digest})
+        return ObjectInfo(key=key.strip("/"), uri=self.uri(key), size=len(data), sha256=digest)
+
+    def stat(self, key: str) -> ObjectInfo:
+        with self._errors(key, "stat"):
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        return ObjectInfo(
+            key=key.strip("/"),
+            uri=self.uri(key),
+            size=int(head["ContentLength"]),
+            sha256=head.get("Metadata", {}).get(SHA256_META),
+        )
+
+    def open(self, key: str, sha256: str | None = None) -> BinaryIO:
+        with self._errors(key, "read"):
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        recorded = obj.get("Metadata", {}).get(SHA256_META)
+        body = obj["Body"]
+        _check_expected_against_recorded(self.uri(key), recorded, sha256)
+        reader = _VerifyingReader(_S3Body(self, key, body), self.uri(key), sha256 or recorded, close=body.close)
+        return io.BufferedReader(reader, _CHUNK)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix) if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
+        if prefix.endswith("/") and not full.endswith("/"):
+            full += "/"
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        with self._errors(prefix, "list"):
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"][strip:]
+                    # List results carry no user metadata; the checksum is read (and verified) on open.
+                    yield ObjectInfo(key=key, uri=self.uri(key), size=int(item["Size"]), sha256=None)
+
+    def delete(self, key: str) -> None:
+        with self._errors(key, "delete"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def _errors(self, key: str, action: str) -> _S3Errors:
+        return _S3Errors(self, self.uri(key), action)
+
+
+class _S3Body(io.RawIOBase):
+    """A get_object body whose network errors become StoreErrors that name the object."""
+
+    def __init__(self, store: S3Store, key: str, body: Any) -> None:
+        self._store, self._key, self._body = store, key, body
+
+    def read(self, size: int = -1) -> bytes:
+        with self._store._errors(self._key, "read"):
+            return self._body.read(size if size >= 0 else None)
+
+
+class _S3Errors:
+    """Turns botocore's exceptions into StoreErrors that say which URI, which endpoint and what to check."""
+
+    _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden"}
+    _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+    def __init__(self, store: S3Store, uri: str, action: str) -> None:
+        self.store, self.uri, self.action = store, uri, action
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, StoreError):
+            return False
+        mapped = self._map(exc)
+        if mapped is None:
+            return False
+        raise mapped from exc
+
+    def _map(self, exc: BaseException) -> StoreError | None:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore import exceptions as bx
+
+        what = f"cannot {self.action} {self.uri}"
+        where = f"endpoint {self.store.endpoint}"
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectionClosedError, bx.ConnectTimeoutError)):
+            return StoreUnreachableError(
+                f"{what}: the S3 {where} cannot be reached ({type(exc).__name__}); "
+                "check AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3 and that the server is up"
+            )
+        if isinstance(exc, (bx.ReadTimeoutError, bx.ResponseStreamingError, bx.IncompleteReadError)):
+            return StoreUnreachableError(f"{what}: the connection to the S3 {where} broke ({type(exc).__name__})")
+        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            return AccessDeniedError(
+                f"{what}: no usable AWS credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+            )
+        code = ""
+        if isinstance(exc, bx.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+        elif isinstance(exc, S3UploadFailedError):
+            cause = exc.__context__
+            if cause is not None and not isinstance(cause, S3UploadFailedError):
+                inner = self._map(cause)
+                if inner is not None:
+                    return inner
+            text = str(exc)
+            code = next((c for c in ("NoSuchBucket", *self._DENIED) if c in text), "")
+            if not code:
+                return StoreError(f"{what}: {text}")
+        else:
+            return None
+        if code == "NoSuchBucket":
+            return BucketNotFoundError(f"{what}: bucket {self.store.bucket!r} does not exist at the S3 {where}")
+        if code in self._DENIED:
+            return AccessDeniedError(
+                f"{what}: access denied by the S3 {where} ({code}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket policy"
+            )
+        if code in self._NOT_FOUND:
+            return ObjectNotFoundError(f"no object at {self.uri}")
+        return StoreError(f"{what}: {code or type(exc).__name__}: {exc}")
+
+
+def open_store(uri: str, config: StorageConfig | None = None) -> Store:
+    """The store for a URI: `s3://bucket/prefix` or a local path (`file://` optional)."""
+    scheme, rest = split_uri(uri)
+    if scheme == "s3":
+        return S3Store(uri, config)
+    return LocalStore(rest, config)

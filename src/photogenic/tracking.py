@@ -1,0 +1,236 @@
+"""MLflow tracking: one experiment per pipeline, a parent run per pipeline run, a child run per stage."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from photogenic.config import Config, flatten, to_dict
+from photogenic.redact import REDACTED, looks_secret_name, looks_secret_value, redact, secret_env_values
+
+__all__ = ["Tracker", "Run", "TrackingError", "tracking_uri", "is_rank_zero", "git_commit"]
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+_MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
+_BATCH = 100  # MLflow's limit on params per log_batch call
+
+
+class TrackingError(RuntimeError):
+    """The tracking store failed and `tracking.on_error` is `fail`."""
+
+
+def tracking_uri(config: Config) -> str:
+    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else SQLite in the workspace."""
+    if config.tracking.uri:
+        return config.tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(config.workspace).expanduser().resolve() / 'mlflow.db'}"
+
+
+def is_rank_zero() -> bool:
+    """Side effects (logging, saving) happen on global rank 0 only."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def git_commit() -> str:
+    """The commit the code runs from: $PHOTOGENIC_GIT_COMMIT (set in images), else `git rev-parse`."""
+    if os.environ.get("PHOTOGENIC_GIT_COMMIT"):
+        return os.environ["PHOTOGENIC_GIT_COMMIT"]
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+@dataclass
+class Tracker:
+    """Talks to one MLflow tracking store on behalf of a pipeline.
+
+    On ranks other than 0 every call is a no-op. When the store fails, `tracking.on_error` decides:
+    `warn` records the failure in `failures` and carries on, `fail` raises TrackingError.
+    """
+
+    config: Config
+    enabled: bool = field(default_factory=is_rank_zero)
+    failures: list[str] = field(default_factory=list)
+    _client: Any = None
+    _experiment_id: str | None = None
+
+    @property
+    def uri(self) -> str:
+        return tracking_uri(self.config)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            if self.uri.startswith("sqlite:///"):
+                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            name = self.config.tracking.experiment
+            exp = self.client.get_experiment_by_name(name)
+            if exp is not None:
+                self._experiment_id = exp.experiment_id
+            else:
+                location = None
+                if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
+                    location = (Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
+                self._experiment_id = self.client.create_experiment(name, artifact_location=location)
+        return self._experiment_id
+
+    def start_run(self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> Run:
+        """Open a run (a child of `parent_run_id` if given); close it with `Run.end`."""
+        if not self.enabled:
+            return Run(self, None)
+        all_tags = {**(tags or {}), "photogenic.git_commit": git_commit()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run_id = self._call(
+            "start run",
+            lambda: self.client.create_run(self.experiment_id(), run_name=name, tags=_clean_tags(all_tags)).info.run_id,
+        )
+        return Run(self, run_id)
+
+    @contextmanager
+    def pipeline_run(self, name: str, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
+        """The parent run of one pipeline run; FINISHED on success, FAILED on an exception."""
+        run = self.start_run(name, tags=tags)
+        with run.closing():
+            yield run
+
+    @contextmanager
+    def stage_run(
+        self, stage: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+    ) -> Iterator[Run]:
+        """The child run of one stage, with the resolved config logged as params and tags."""
+        run = self.start_run(stage, parent_run_id, {"photogenic.stage": stage, **(tags or {})})
+        with run.closing():
+            run.log_config(self.config)
+            yield run
+
+    def _call(self, what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # the tracking store is not allowed to take the model down with it
+            message = f"MLflow {what} failed at {_safe_uri(self.uri)}: {type(exc).__name__}: {exc}"
+            if self.config.tracking.on_error == "fail":
+                raise TrackingError(message) from exc
+            log.warning("%s (carrying on: tracking.on_error=warn)", message)
+            self.failures.append(message)
+            return None
+
+
+@dataclass
+class Run:
+    """One MLflow run. A run with `run_id` None (other ranks, or a failed start) ignores every call."""
+
+    tracker: Tracker
+    run_id: str | None
+
+    @property
+    def active(self) -> bool:
+        return self.run_id is not None
+
+    def _do(self, what: str, fn: Any) -> Any:
+        if not self.active:
+            return None
+        return self.tracker._call(what, fn)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log flat params; credential-looking names or values are replaced by `<redacted>`."""
+        from mlflow.entities import Param
+
+        clean = redact({k: _param_value(v) for k, v in params.items()})
+        items = [Param(k, v[:_MAX_PARAM_CHARS]) for k, v in sorted(clean.items())]
+        for i in range(0, len(items), _BATCH):
+            batch = items[i : i + _BATCH]
+            self._do("log params", lambda b=batch: self.tracker.client.log_batch(self.run_id, params=b))
+
+    def log_config(self, config: Config) -> None:
+        """The whole resolved config as flat params, plus its fingerprint as a tag."""
+        self.log_params(flatten(to_dict(config)))
+        self.set_tags({"photogenic.config_fingerprint": config.fingerprint(), "photogenic.preset": config.preset})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in sorted(metrics.items())]
+        for i in range(0, len(items), 1000):
+            batch = items[i : i + 1000]
+            self._do("log metrics", lambda b=batch: self.tracker.client.log_batch(self.run_id, metrics=b))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in _clean_tags(tags).items()]
+        self._do("set tags", lambda: self.tracker.client.log_batch(self.run_id, tags=items))
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A numpy array (HWC) or PIL image, saved as `artifact_file` (e.g. `samples/step_100.png`)."""
+        self._do("log image", lambda: self.tracker.client.log_image(self.run_id, image, artifact_file=artifact_file))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self._do("log figure", lambda: self.tracker.client.log_figure(self.run_id, figure, artifact_file))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._do("log artifact", lambda: self.tracker.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self._do("log dict", lambda: self.tracker.client.log_dict(self.run_id, dict(data), artifact_file))
+
+    def end(self, status: str = "FINISHED") -> None:
+        self._do("end run", lambda: self.tracker.client.set_terminated(self.run_id, status))
+
+    @contextmanager
+    def closing(self) -> Iterator[Run]:
+        try:
+            yield self
+        except BaseException:
+            self.end("FAILED")
+            raise
+        self.end("FINISHED")
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    env_secrets = secret_env_values()
+    out = {}
+    for key, value in tags.items():
+        value = str(value)
+        out[key] = REDACTED if looks_secret_name(key) or looks_secret_value(value, env_secrets) else value
+    return out
+
+
+def _safe_uri(uri: str) -> str:
+    """A tracking URI fit for a log line: any user:password in it is dropped."""
+    return redact({"uri": uri})["uri"] if "@" in uri else uri
