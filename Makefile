@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
-.PHONY: setup lint format test demo clean
+.PHONY: setup lint format test demo bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
@@ -29,6 +29,13 @@ format: setup
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The main job on this machine, with the demo preset: data in ./photogenic-workspace.
+demo: setup
+	$(BIN)/photogenic run --preset demo $(DEMO_ARGS)
+
+bench: setup
+	$(BIN)/python bench/ingest.py --samples 20000 --repeats 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache photogenic-workspace

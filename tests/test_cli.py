@@ -89,3 +89,24 @@ def test_installed_entry_points(argv: list[str]) -> None:
     cmd = [str(photogenic)] if argv == ["photogenic"] else argv
     out = subprocess.run([*cmd, "config", "show", "--preset", "tiny"], capture_output=True, text=True, check=True)
     assert "preset: tiny" in out.stdout
+
+
+def test_run_executes_the_stages_and_writes_a_summary(tmp_path: Path) -> None:
+    import json
+
+    result = CliRunner().invoke(main, ["run", "--preset", "tiny", "-w", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "validate" in result.stdout and "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    ingest, validate = summary["stages"]["ingest"], summary["stages"]["validate"]
+    assert validate["counts"]["input"] == ingest["counts"]["samples"]
+    assert validate["counts"]["input"] == validate["counts"]["clean"] + validate["counts"]["quarantined"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    children = client.search_runs(
+        [client.get_experiment_by_name("photogenic-quality-tuning").experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
+    )
+    assert sorted(r.info.run_name for r in children) == ["ingest", "validate"]
+    assert all(r.info.status == "FINISHED" for r in children)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,16 +13,27 @@ import click
 import yaml
 
 from photogenic.config import PRESETS, Config, ConfigError, field_docs, load_config, to_dict
+from photogenic.manifest import ManifestError
 from photogenic.redact import secret_env_values
 from photogenic.storage import StoreError, open_store, split_uri
 
 __all__ = ["main"]
 
 
+_QUIET = ("great_expectations", "botocore", "urllib3", "alembic", "mlflow", "kfp")
+
+
 class _RedactingFilter(logging.Filter):
-    """Replaces the values of credential environment variables in every log record."""
+    """Replaces the values of credential environment variables in every log record, and keeps
+    libraries' INFO chatter out of the stage log (they set their own logger levels on import)."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < max(self.level, logging.WARNING) and record.name.startswith(_QUIET):
+            return False
         secrets = secret_env_values()
         if secrets:
             message = record.getMessage()
@@ -32,9 +44,11 @@ class _RedactingFilter(logging.Filter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    # MLflow installs its own handler at import time; its table-creation chatter is not news.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    handler.addFilter(_RedactingFilter())
+    handler.addFilter(_RedactingFilter(level))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -47,7 +61,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StoreError) as exc:
+        except (ConfigError, StoreError, ManifestError) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
@@ -185,6 +199,104 @@ def store_put(src: str, uri: str) -> None:
     parent, name = _parent_and_name(uri)
     info = open_store(parent).put_file(name, src)
     click.echo(f"{info.uri}  {info.size} bytes  sha256 {info.sha256}")
+
+
+# --------------------------------------------------------------------------------------------- world
+
+
+@main.group("world")
+def world_group() -> None:
+    """The generated toy world (the default data: no download needed)."""
+
+
+@world_group.command("sheet")
+@click.option("--out", "-o", default="world-sheet.png", type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--columns", default=8, type=click.IntRange(1, 32), help="Samples per row.")
+@config_options
+def world_sheet(config: Config, out: str, columns: int) -> None:
+    """Write a contact sheet: random haystack samples above the most photogenic ones."""
+    from photogenic.world import contact_sheet
+
+    contact_sheet(config.world, columns=columns).save(out)
+    click.echo(out)
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def _stage_run(config: Config, stage: str, parent_run_id: str | None) -> Any:
+    from photogenic.tracking import Tracker
+
+    return Tracker(config).stage_run(stage, parent_run_id)
+
+
+def _echo_result(result: Any) -> None:
+    import dataclasses
+    import json
+
+    click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+
+
+_parent_option = click.option(
+    "--parent-run-id", default=None, help="MLflow parent run (the pipeline run) to log under."
+)
+
+
+@main.command("ingest")
+@click.option("--source", "-s", default="world", help="'world', a captions table (.jsonl/.csv/.parquet) or tar shards.")
+@click.option("--out", default=None, help="Dataset URI (default: <store>/datasets/ingest-<fingerprint>).")
+@_parent_option
+@config_options
+@_friendly_errors
+def ingest_cmd(config: Config, source: str, out: str | None, parent_run_id: str | None) -> None:
+    """Ingest a source into versioned tar shards; prints the result as JSON."""
+    from photogenic.data.ingest import ingest
+
+    with _stage_run(config, "ingest", parent_run_id) as run:
+        _echo_result(ingest(source, config, out=out, run=run))
+
+
+@main.command("validate")
+@click.option("--manifest", "-m", "manifest_uri", required=True, help="The ingested dataset's manifest URI.")
+@click.option("--out", default=None, help="Validated dataset URI (default: <store>/datasets/validated-<fingerprint>).")
+@_parent_option
+@config_options
+@_friendly_errors
+def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_id: str | None) -> None:
+    """Validate a dataset with Great Expectations; failing samples are quarantined with reasons."""
+    from photogenic.data.validate import validate
+
+    with _stage_run(config, "validate", parent_run_id) as run:
+        _echo_result(validate(manifest_uri, config, out=out, run=run))
+
+
+@main.command("run")
+@click.option("--source", "-s", default="world", help="What to ingest (see `photogenic ingest --source`).")
+@click.option("--summary", "summary_path", default=None, help="JSON summary path (default: <workspace>/summary.json).")
+@config_options
+@_friendly_errors
+def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
+    """Run the stages end to end on this machine and print a summary."""
+    from photogenic.run import run_local
+
+    summary = run_local(config, source, summary_path)
+    ing, val = summary["stages"]["ingest"], summary["stages"]["validate"]
+    lines = [
+        "",
+        f"Photogenic run ({config.preset} preset, config {config.fingerprint()[:12]})",
+        f"  ingest    {ing['counts']['input']:>7d} in  -> {ing['counts']['samples']:>7d} samples, "
+        f"{ing['counts']['duplicates']} duplicates, {ing['counts']['quarantined']} quarantined"
+        f"   dataset {ing['fingerprint'][:12]}",
+        f"  validate  {val['counts']['input']:>7d} in  -> {val['counts']['clean']:>7d} clean, "
+        f"{val['counts']['quarantined']} quarantined   dataset {val['fingerprint'][:12]}",
+        f"  clean dataset:     {val['manifest_uri']}",
+        f"  validation report: {val['report_uri']}",
+        f"  summary:           {summary['summary_path']}",
+        f"  compare runs:      {summary['mlflow']['ui_command']}",
+    ]
+    if summary["tracking_failures"]:
+        lines.append(f"  WARNING: {len(summary['tracking_failures'])} MLflow calls failed; see the log above")
+    click.echo("\n".join(lines))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,6 +63,12 @@ class WorldConfig:
     caption_noise: float = doc(
         "Probability that a caption carries web-style noise (wrong or missing attributes, junk).", 0.3, ge=0, le=1
     )
+    duplicate_rate: float = doc(
+        "Probability that a sample repeats an earlier image, exactly or re-encoded (web haystacks do).",
+        0.005,
+        ge=0,
+        le=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,13 @@ class DataConfig:
     shard_max_samples: int = doc("Most samples in one tar shard.", 2_000, ge=1)
     shard_max_bytes: int = doc("Most bytes in one tar shard before a new one starts.", 256 * 2**20, ge=1024)
     workers: int = doc("Parallel workers that decode and hash images during ingestion.", 2, ge=1, le=256)
+    near_duplicate_distance: int = doc(
+        "Images whose 192-bit per-channel perceptual hashes differ in at most this many bits are "
+        "near-duplicates (-1 turns near-duplicate removal off; exact duplicates are always removed).",
+        5,
+        ge=-1,
+        le=11,
+    )
     min_caption_chars: int = doc("Shortest acceptable caption, in characters after stripping.", 3, ge=1)
     max_caption_chars: int = doc("Longest acceptable caption, in characters.", 512, ge=1)
     min_image_side: int = doc("Smallest acceptable image side in pixels.", 16, ge=1)

@@ -35,6 +35,8 @@ __all__ = [
 
 SHA256_META = "sha256"  # S3 user metadata key (x-amz-meta-sha256)
 _CHUNK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 class StoreError(RuntimeError):
@@ -229,6 +231,7 @@ class LocalStore(Store):
         path = self._file(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; objects get the usual file mode
         try:
             with os.fdopen(fd, "wb") as f:
                 digest, size = write(f)

@@ -1,0 +1,1 @@
+"""Data stages: ingestion into versioned tar shards, and validation."""
