@@ -210,7 +210,7 @@ def test_world_duplicates_found_are_exactly_the_planted_ones(tmp_path: Path) -> 
     result = ingest("world", config)
     manifest = read_manifest(result.manifest_uri, config.storage)
     found = {d["key"]: d for d in _jsonl_rows(manifest, "duplicates.jsonl", config)}
-    planted = {s.key for s in iter_world(config.world) if s.oracle["scene"]["duplicate_of"] >= 0}
+    planted = {s.key for s in iter_world(config.world) if s.oracle["duplicate_of"] >= 0}
     # Every planted copy is found, and nothing else is called a duplicate (a planted copy of an
     # earlier planted copy counts too). Exact and near copies both occur.
     assert set(found) == planted
@@ -314,3 +314,18 @@ def test_bad_source_and_manifest_are_clear_errors(tmp_path: Path) -> None:
         main, ["validate", "-m", str(tmp_path / "m.json"), "--preset", "tiny", "-w", str(tmp_path)]
     )
     assert no_manifest.exit_code == 1 and "no manifest at" in no_manifest.output
+
+
+def test_perceptual_hash_is_imagehash_phash_per_channel() -> None:
+    import imagehash
+
+    from photogenic.data.ingest import _channel_phash
+
+    for size in (32, 64, 50):
+        world = load_config("tiny", overrides=[f"world.image_size={max(size, 32)}"]).world
+        for sample in iter_world(world, 0, 20):
+            image = Image.open(io.BytesIO(sample.image)).convert("RGB").resize((size, size))
+            reference = 0
+            for channel in image.split():
+                reference = (reference << 64) | int(str(imagehash.phash(channel)), 16)
+            assert _channel_phash(image) == reference

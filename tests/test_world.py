@@ -67,10 +67,10 @@ def test_web_caption_noise_happens_at_its_rate() -> None:
 
 def test_duplicates_copy_an_earlier_scene() -> None:
     world = WorldConfig(num_samples=600, duplicate_rate=0.05, seed=5)
-    dups = [s for s in iter_world(world) if s.oracle["scene"]["duplicate_of"] >= 0]
+    dups = [s for s in iter_world(world) if s.oracle["duplicate_of"] >= 0]
     assert 10 < len(dups) < 60
     for dup in dups[:5]:
-        source = scene_at(world, dup.oracle["scene"]["duplicate_of"])
+        source = scene_at(world, dup.oracle["duplicate_of"])
         assert (source.shape, source.color, source.background) == (
             dup.oracle["shape"],
             dup.oracle["color"],

@@ -13,7 +13,7 @@ import functools
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -417,10 +417,12 @@ def scene_at(config: WorldConfig, index: int) -> Scene:
     return _draw_scene(_scene_rng(config, index), config)
 
 
-def _picture(config: WorldConfig, index: int) -> tuple[Scene, Image.Image]:
-    """What sample `index` shows. Web haystacks repeat themselves: some samples copy what an earlier
-    sample shows, exactly or slightly darkened (a re-edit), and a copy can itself be copied."""
-    scene = _draw_scene(_scene_rng(config, index), config)
+def _picture(config: WorldConfig, index: int, scene: Scene | None = None) -> tuple[Scene, Image.Image]:
+    """What sample `index` shows (its own `scene`, if already drawn). Web haystacks repeat themselves:
+    some samples copy what an earlier sample shows, exactly or slightly darkened (a re-edit), and a
+    copy can itself be copied."""
+    if scene is None:
+        scene = _draw_scene(_scene_rng(config, index), config)
     dup_rng = np.random.default_rng([config.seed, index, 1])
     if index > 0 and dup_rng.random() < config.duplicate_rate:
         source = int(dup_rng.integers(0, index))
@@ -437,8 +439,7 @@ def _picture(config: WorldConfig, index: int) -> tuple[Scene, Image.Image]:
 def render_sample(config: WorldConfig, index: int) -> WorldSample:
     """Render sample `index` of the world: a pure function of (config, index)."""
     rng = _scene_rng(config, index)
-    _draw_scene(rng, config)  # advance the stream exactly as for the sample's own scene
-    scene, image = _picture(config, index)
+    scene, image = _picture(config, index, _draw_scene(rng, config))  # the caption draws from rng next
     appeal, factors = oracle_appeal(scene)
     caption = _web_caption(scene, rng, config.caption_noise)
     oracle = {
@@ -449,7 +450,8 @@ def render_sample(config: WorldConfig, index: int) -> WorldSample:
         "color": scene.color,
         "background": scene.background,
         "clean_caption": clean_caption(scene),
-        "scene": asdict(scene),
+        "duplicate_of": scene.duplicate_of,
+        "near_duplicate": scene.near_duplicate,
     }
     key = f"world{config.seed:04d}-{index:09d}"
     return WorldSample(index=index, key=key, image=_png(image), caption=caption, oracle=oracle)

@@ -241,7 +241,7 @@ def validate(
     )
     out = out or join_uri(config.store_root(), "datasets", f"validated-{request[:16]}")
     store = open_store(out, config.storage)
-    result_uri = join_uri(out, "manifest.json")
+    out, result_uri = store.root, store.uri("manifest.json")  # absolute: other processes read them
 
     previous = _reusable(result_uri, request, config)
     if previous is not None:
