@@ -6,7 +6,6 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.torch_extensions
 
 .PHONY: setup lint format test demo bench clean
 
@@ -15,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# DeepSpeed's CPU collective op, built once here instead of inside the first training run.
+	$(BIN)/python -m photogenic.train.distributed
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -268,6 +269,78 @@ def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_
 
     with _stage_run(config, "validate", parent_run_id) as run:
         _echo_result(validate(manifest_uri, config, out=out, run=run))
+
+
+@main.command("train")
+@click.argument("recipe", type=click.Choice(["autoencoder", "pretrain", "quality-tune"]))
+@click.option("--data", "-d", "data_uri", required=True, help="Manifest URI of the validated training dataset.")
+@click.option(
+    "--base",
+    "-b",
+    default=None,
+    help="Model to start from: the autoencoder (pretrain), the pretrained model (quality-tune).",
+)
+@click.option(
+    "--out", default=None, help="Run URI for checkpoints and the model (default: <store>/runs/<recipe>-<fingerprint>)."
+)
+@_parent_option
+@config_options
+@_friendly_errors
+def train_cmd(
+    config: Config, recipe: str, data_uri: str, base: str | None, out: str | None, parent_run_id: str | None
+) -> None:
+    """Train one recipe with DeepSpeed (in-process, or under torchrun for several ranks); resumes
+    from the run's latest checkpoint and exports the model in diffusers format."""
+    from photogenic.train.trainer import train
+
+    name = recipe.replace("-", "_")
+    # DeepSpeed prints to stdout; keep stdout for the JSON result.
+    with contextlib.redirect_stdout(sys.stderr), _stage_run(config, f"train-{recipe}", parent_run_id) as run:
+        result = train(name, config, data_uri, out=out, base=base, run=run)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _echo_result(result)
+
+
+@main.command("generate")
+@click.option("--model", "-m", "model_uri", required=True, help="An exported model (local path or s3:// URI).")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt; repeat for several.")
+@click.option("-n", "count", default=16, type=click.IntRange(1, 1024), help="Images per prompt (seeds 0..n-1).")
+@click.option("--out", "-o", default="grid.png", type=click.Path(dir_okay=False), help="Grid PNG to write.")
+@click.option("--steps", default=None, type=int, help="Sampler steps (default: evaluate.sampling_steps).")
+@click.option("--guidance", default=None, type=float, help="Guidance scale (default: evaluate.guidance_scale).")
+@config_options
+@_friendly_errors
+def generate_cmd(
+    config: Config,
+    model_uri: str,
+    prompts: tuple[str, ...],
+    count: int,
+    out: str,
+    steps: int | None,
+    guidance: float | None,
+) -> None:
+    """Generate images with an exported model into one grid (a row per prompt)."""
+    from pathlib import Path
+
+    import torch
+
+    from photogenic.models.pipeline import PhotogenicPipeline, image_grid
+    from photogenic.train.trainer import load_model_dir
+
+    local = load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve())
+    pipe = PhotogenicPipeline.from_pretrained(local)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for prompt in prompts:
+        gens = [torch.Generator().manual_seed(i) for i in range(count)]
+        images += pipe(
+            [prompt] * count,
+            num_inference_steps=steps or config.evaluate.sampling_steps,
+            guidance_scale=config.evaluate.guidance_scale if guidance is None else guidance,
+            generator=gens,
+        ).images
+    image_grid(images, columns=count, scale=2).save(out)
+    click.echo(out)
 
 
 @main.command("run")

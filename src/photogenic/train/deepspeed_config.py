@@ -1,0 +1,91 @@
+"""The one place that turns our config into a DeepSpeed config and wraps the trainable model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from photogenic.config import ConfigError, RecipeConfig, TrainConfig
+
+__all__ = ["micro_batch_size", "deepspeed_config", "use_bf16", "lr_lambda", "wrap"]
+
+
+def micro_batch_size(recipe: RecipeConfig, world_size: int, name: str) -> int:
+    """The per-rank micro-batch: the global batch divided by ranks and accumulation steps."""
+    per_step = world_size * recipe.grad_accum_steps
+    if recipe.global_batch_size % per_step:
+        raise ConfigError(
+            f"config key 'train.{name}.global_batch_size' ({recipe.global_batch_size}) must be divisible by "
+            f"world size x 'train.{name}.grad_accum_steps' ({world_size} x {recipe.grad_accum_steps} = {per_step})"
+        )
+    return recipe.global_batch_size // per_step
+
+
+def use_bf16(train: TrainConfig) -> bool:
+    """bf16 where the hardware has it (`auto`), or as asked."""
+    if train.precision == "bf16":
+        if not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+            raise ConfigError("config key 'train.precision' is 'bf16' but this machine has no bf16-capable GPU")
+        return True
+    if train.precision == "fp32":
+        return False
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def deepspeed_config(train: TrainConfig, recipe: RecipeConfig, name: str, world_size: int) -> dict[str, Any]:
+    """DeepSpeed's JSON config for one recipe. The optimizer and LR schedule are client objects
+    (torch AdamW, LambdaLR): DeepSpeed's own Adam would JIT-build a fused op on first use."""
+    zero: dict[str, Any] = {"stage": train.zero_stage}
+    if train.zero_stage >= 2:
+        zero.update(overlap_comm=True, contiguous_gradients=True, reduce_scatter=True)
+    if train.zero_stage == 3:
+        # Small models: keep parameters gathered between steps instead of re-fetching per layer.
+        zero.update(stage3_param_persistence_threshold=10**5, stage3_max_live_parameters=10**8)
+    return {
+        "train_batch_size": recipe.global_batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size(recipe, world_size, name),
+        "gradient_accumulation_steps": recipe.grad_accum_steps,
+        "gradient_clipping": recipe.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": use_bf16(train)},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def lr_lambda(recipe: RecipeConfig) -> Any:
+    """Linear warm-up, then cosine decay to 10% of the peak, over `recipe.steps`."""
+    warmup, total = recipe.warmup_steps, recipe.steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def wrap(
+    model: torch.nn.Module, train: TrainConfig, recipe: RecipeConfig, name: str, world_size: int
+) -> tuple[Any, Any, Any]:
+    """Wrap the trainable model in a DeepSpeed engine with AdamW and the warm-up/cosine schedule.
+
+    Returns:
+        (engine, optimizer, lr_scheduler)
+    """
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(train, recipe, name, world_size),
+    )
+    return engine, optimizer, scheduler

@@ -1,0 +1,77 @@
+"""All device and process-group setup in one place: the same code runs as 1 CPU process or N GPU ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["Dist", "setup_distributed", "torch_extensions_dir", "prebuild_ops"]
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def torch_extensions_dir() -> str:
+    """Where DeepSpeed keeps JIT-built ops: $TORCH_EXTENSIONS_DIR, else a folder in this environment,
+    so the ops `make setup` built are found by every later run."""
+    default = Path(sys.prefix) / "torch_extensions"
+    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def setup_distributed(timeout_s: float = 600.0) -> Dist:
+    """Join (or, run alone, create) the process group and pick the device.
+
+    Under torchrun the usual variables are set; a plain process becomes rank 0 of 1 on a free
+    loopback port. Backend: NCCL on GPUs, gloo on CPUs.
+    """
+    import datetime
+
+    torch_extensions_dir()
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def prebuild_ops() -> None:
+    """Build the DeepSpeed ops a CPU run needs (the shared-memory collective) ahead of time, so no
+    test or training run pays the one-off JIT build (about a minute)."""
+    torch_extensions_dir()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
+if __name__ == "__main__":
+    prebuild_ops()

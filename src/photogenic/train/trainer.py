@@ -1,0 +1,546 @@
+"""One trainer, recipes of it: `autoencoder`, `pretrain` and `quality_tune` differ only in a few methods.
+
+Every source of randomness is a function of (seed, step, rank), and so is the data order: a run
+resumed from a checkpoint takes exactly the path an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from photogenic.config import Config, ConfigError, RecipeConfig, fingerprint, to_dict
+from photogenic.manifest import Manifest, ManifestError, ObjectRef, publish, read_manifest
+from photogenic.storage import join_uri, open_store
+from photogenic.train.checkpoint import Checkpoints
+from photogenic.train.data import RankData, load_rank_data
+from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap
+from photogenic.train.distributed import Dist, setup_distributed
+
+__all__ = ["Trainer", "AutoencoderTrainer", "DiffusionTrainer", "TrainResult", "RECIPES", "train", "load_model_dir"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PROMPTS = (
+    "a red circle on a sky background",
+    "a blue square on a sand background",
+    "a yellow star on a night background",
+    "a green triangle on a snow background",
+    "a purple ring on a grass background",
+    "an orange cross on a stone background",
+    "a pink hexagon on a sky background",
+    "a cyan diamond on a night background",
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training recipe produced."""
+
+    recipe: str
+    steps: int
+    model_uri: str
+    manifest_uri: str
+    fingerprint: str
+    resumed_from: int | None
+    final_loss: float
+    seconds: float
+    samples_per_s: float = 0.0
+    reused: bool = False
+
+
+def _seeded(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
+
+
+def load_model_dir(uri: str, cache: Path) -> Path:
+    """A local copy of an exported model (a folder with `manifest.json`), verified against its manifest.
+
+    Raises:
+        ManifestError: no Photogenic model at `uri`.
+    """
+    try:
+        manifest = read_manifest(join_uri(uri, "manifest.json"))
+    except ManifestError as exc:
+        raise ManifestError(f"no Photogenic model at {uri}: {exc}") from exc
+    if manifest.kind != "model":
+        raise ManifestError(f"{uri} holds a {manifest.kind}, not a model")
+    local = cache / manifest.fingerprint[:16]
+    if not (local / ".complete").exists():
+        store = manifest.store()
+        for ref in manifest.objects:
+            store.get_file(ref.key, local / ref.key, sha256=ref.sha256)
+        (local / ".complete").write_text(manifest.fingerprint)
+    return local
+
+
+def publish_model_dir(local: Path, out_uri: str, meta: dict[str, Any], config: Config) -> tuple[str, str]:
+    """Upload an exported model folder and write its manifest last; returns (manifest URI, version)."""
+    store = open_store(out_uri, config.storage)
+    refs = [
+        ObjectRef.of(store.put_file(p.relative_to(local).as_posix(), p))
+        for p in sorted(local.rglob("*"))
+        if p.is_file()
+    ]
+    manifest = Manifest(kind="model", root=store.root, objects=refs, config=to_dict(config), meta=meta)
+    uri = publish(manifest, store.uri("manifest.json"), config.storage)
+    return uri, manifest.fingerprint
+
+
+@dataclass
+class Trainer:
+    """The loop, checkpoints, tracking and export; recipes override `build_model`, `prepare`,
+    `compute_loss`, `after_step` and `export`.
+
+    Args:
+        config: the resolved config.
+        data_uri: manifest of the (validated) training dataset.
+        out: the run's URI (checkpoints/ and model/ go below it).
+        base: an exported model to start from (the autoencoder for pretraining, the pretrained
+            model for quality-tuning).
+        run: an optional tracking Run (side effects on rank 0 only).
+    """
+
+    config: Config
+    data_uri: str
+    out: str
+    base: str | None = None
+    run: Any = None
+    progress: bool = True
+    name: str = ""
+    dist: Dist = field(init=False)
+    recipe: RecipeConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recipe = getattr(self.config.train, self.name)
+        self.workdir = Path(self.config.workspace, "cache").resolve()
+
+    # ------------------------------------------------------------------------------ recipe hooks
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def prepare(self, data: RankData) -> None:
+        """Anything computed once from the data before the loop."""
+
+    def compute_loss(self, batch: tuple[Any, ...], step: int, micro: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step (EMA)."""
+
+    def client_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_client_state(self, state: dict[str, Any]) -> None:
+        """Restore what `client_state` saved."""
+
+    def export(self, local: Path) -> None:
+        raise NotImplementedError
+
+    def signature(self) -> dict[str, Any]:
+        """What a checkpoint must share with this run to be resumed by it."""
+        return {
+            "recipe": self.name,
+            "model": fingerprint(to_dict(self.config.model)),
+            "image_size": self.config.world.image_size,
+            "zero_stage": self.config.train.zero_stage,
+            "world_size": self.dist.world_size,
+        }
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def build(self) -> None:
+        self.dist = setup_distributed()
+        torch.manual_seed(self.config.train.seed)  # the same initial weights on every rank
+        self.micro = micro_batch_size(self.recipe, self.dist.world_size, self.name)
+        self.data = load_rank_data(
+            self.data_uri,
+            self.dist.rank,
+            self.dist.world_size,
+            self.workdir / "shards",
+            self.config.storage,
+            self.config.world.image_size,
+        )
+        self.model = self.build_model().to(self.dist.device)
+        self.prepare(self.data)
+        self.engine, self.optimizer, self.scheduler = wrap(
+            self.model, self.config.train, self.recipe, self.name, self.dist.world_size
+        )
+        self.checkpoints = Checkpoints(
+            store=open_store(join_uri(self.out, "checkpoints"), self.config.storage),
+            local_dir=self.workdir / "checkpoints" / fingerprint(self.out)[:12],
+            dist=self.dist,
+            keep=self.recipe.keep_checkpoints,
+            signature=self.signature(),
+        )
+
+    def batch_generator(self, step: int) -> Any:
+        for micro in range(self.recipe.grad_accum_steps):
+            yield (
+                micro,
+                self.data.indices(
+                    step, micro, self.micro, self.recipe.grad_accum_steps, self.config.train.seed + self.dist.rank
+                ),
+            )
+
+    def forward_backward_step(self, batch: Any, step: int, micro: int) -> float:
+        loss = self.compute_loss(batch, step, micro)
+        self.engine.backward(loss)
+        self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
+        return float(loss.detach())
+
+    def train_step(self, step: int) -> float:
+        losses = [self.forward_backward_step(idx, step, micro) for micro, idx in self.batch_generator(step)]
+        self.after_step(step)
+        return sum(losses) / len(losses)
+
+    def _save(self, step: int) -> None:
+        self.checkpoints.save(self.engine, step, {"step": step, **self.client_state()})
+
+    def train(self) -> TrainResult:
+        """Run (or resume) the recipe to `recipe.steps`, then export the model."""
+        started = time.perf_counter()
+        model_uri = join_uri(self.out, "model")
+        existing = self._finished(model_uri)
+        if existing is not None:
+            return existing
+        self.build()
+        state = self.checkpoints.resume(self.engine)
+        start = 0
+        if state is not None:
+            start = int(state["step"])
+            self.load_client_state(state)
+        if self.dist.is_main and self.run is not None:
+            ds = deepspeed_config(self.config.train, self.recipe, self.name, self.dist.world_size)
+            self.run.log_dict(ds, f"deepspeed/{self.name}.json")
+            if start:
+                self.run.set_tags({"photogenic.resumed_from_step": start})
+        loss = float("nan")
+        bar = _progress(self.recipe.steps, start, f"{self.name}", self.progress and self.dist.is_main)
+        window_start, window_steps = time.perf_counter(), 0
+        for step in range(start, self.recipe.steps):
+            loss = self.train_step(step)
+            done = step + 1
+            window_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if self.dist.is_main and self.run is not None and (done % 10 == 0 or done == self.recipe.steps):
+                elapsed = time.perf_counter() - window_start
+                self.run.log_metrics(
+                    {
+                        f"{self.name}.loss": loss,
+                        f"{self.name}.lr": self.scheduler.get_last_lr()[0],
+                        f"{self.name}.samples_per_s": window_steps * self.recipe.global_batch_size / max(elapsed, 1e-9),
+                    },
+                    step=done,
+                )
+                window_start, window_steps = time.perf_counter(), 0
+            if self.recipe.checkpoint_every and done % self.recipe.checkpoint_every == 0 and done < self.recipe.steps:
+                self._save(done)
+            if self.recipe.sample_every and done % self.recipe.sample_every == 0 and self.dist.is_main:
+                self.log_samples(done)
+        bar.close()
+        if start < self.recipe.steps:
+            self._save(self.recipe.steps)
+        result = self._export(model_uri, start, loss, time.perf_counter() - started)
+        torch.distributed.barrier()
+        return result
+
+    def log_samples(self, step: int) -> None:
+        """Recipes that generate images log a grid of fixed prompts and seeds."""
+
+    def _export(self, model_uri: str, start: int, loss: float, seconds: float) -> TrainResult:
+        manifest_uri, version = "", ""
+        if self.dist.is_main:
+            with tempfile.TemporaryDirectory(prefix="photogenic-export-") as tmp:
+                self.export(Path(tmp))
+                meta = {
+                    "recipe": self.name,
+                    "steps": self.recipe.steps,
+                    "data": self.data.fingerprint,
+                    "base": self.base,
+                    "final_loss": loss,
+                }
+                manifest_uri, version = publish_model_dir(Path(tmp), model_uri, meta, self.config)
+            if self.run is not None:
+                self.run.set_tags(
+                    {f"photogenic.model.{self.name}": version, f"photogenic.model.{self.name}_uri": model_uri}
+                )
+                self.log_samples(self.recipe.steps)
+        trained = self.recipe.steps - start
+        return TrainResult(
+            recipe=self.name,
+            steps=self.recipe.steps,
+            model_uri=model_uri,
+            manifest_uri=manifest_uri,
+            fingerprint=version,
+            resumed_from=start or None,
+            final_loss=loss,
+            seconds=seconds,
+            samples_per_s=trained * self.recipe.global_batch_size / max(seconds, 1e-9),
+        )
+
+    def _finished(self, model_uri: str) -> TrainResult | None:
+        try:
+            manifest = read_manifest(join_uri(model_uri, "manifest.json"), self.config.storage)
+        except ManifestError:
+            return None
+        if manifest.meta.get("steps") != self.recipe.steps or manifest.meta.get("recipe") != self.name:
+            return None
+        log.info("%s: %s already holds the finished model; reusing it", self.name, model_uri)
+        return TrainResult(
+            self.name,
+            self.recipe.steps,
+            model_uri,
+            join_uri(model_uri, "manifest.json"),
+            manifest.fingerprint,
+            None,
+            float(manifest.meta.get("final_loss", float("nan"))),
+            0.0,
+            reused=True,
+        )
+
+
+def _progress(total: int, start: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=start, desc=desc, unit="step", disable=None if enabled else True, dynamic_ncols=True
+    )
+
+
+# ---------------------------------------------------------------------------------------- autoencoder
+
+
+class AutoencoderTrainer(Trainer):
+    """Trains the KL autoencoder on pixels: reconstruction plus a small KL term."""
+
+    kl_weight = 1e-6  # as in Stable Diffusion's autoencoder: latents stay expressive, the prior loose
+
+    def build_model(self) -> torch.nn.Module:
+        from photogenic.models import build_autoencoder
+
+        return build_autoencoder(self.config.model)
+
+    def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+        images = self.data.images[batch].float().div(127.5).sub(1.0).to(self.dist.device)
+        posterior = self.engine.module.encode(images).latent_dist
+        z = posterior.sample(generator=None)
+        recon = self.engine.module.decode(z).sample
+        return F.mse_loss(recon.float(), images) + self.kl_weight * posterior.kl().mean()
+
+    def export(self, local: Path) -> None:
+        vae = _gathered_copy(self.engine)
+        # Scale latents to unit variance for the diffusion model, as Stable Diffusion does.
+        with torch.no_grad():
+            sample = self.data.images[: min(512, len(self.data))].float().div(127.5).sub(1.0)
+            std = float(vae.encode(sample).latent_dist.mode().std())
+        vae.register_to_config(scaling_factor=1.0 / max(std, 1e-6))
+        vae.save_pretrained(local / "vae")
+
+
+def _gathered_copy(engine: Any) -> torch.nn.Module:
+    """A full, unpartitioned CPU copy of the engine's model (gathers ZeRO-3 shards)."""
+    import copy
+
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
+        clone = copy.deepcopy(module).to("cpu").float()
+    return clone
+
+
+# ---------------------------------------------------------------------------------------- diffusion
+
+
+class DiffusionTrainer(Trainer):
+    """Latent diffusion: pretraining on the haystack, quality-tuning on the needles.
+
+    The autoencoder and text encoder are frozen and live outside the DeepSpeed engine, so ZeRO-3
+    never partitions them. Latents are computed once (the autoencoder's mean), captions on the fly.
+    """
+
+    def build_model(self) -> torch.nn.Module:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from photogenic.models import build_unet, latent_size, load_text_encoder, noise_scheduler
+
+        if not self.base:
+            raise ConfigError(f"train {self.name} needs --base: the exported autoencoder (or the pretrained model)")
+        base = load_model_dir(self.base, self.workdir / "models")
+        self.vae = AutoencoderKL.from_pretrained(base / "vae").to(self.dist.device).eval().requires_grad_(False)
+        self.text = load_text_encoder(
+            self.config.model.text_encoder, self.config.model.max_caption_tokens, self.dist.device
+        )
+        self.noise = noise_scheduler(self.config.model)
+        if (base / "unet").exists():  # quality-tuning continues the pretrained denoiser
+            unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        else:
+            unet = build_unet(
+                self.config.model, latent_size(self.config.model, self.config.world.image_size), self.text.dim
+            )
+        self.ema = None
+        if self.recipe.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(
+                unet.parameters(), decay=self.recipe.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
+            )
+        return unet
+
+    @torch.no_grad()
+    def prepare(self, data: RankData) -> None:
+        factor = self.vae.config.scaling_factor
+        chunks = []
+        for start in range(0, len(data), 256):
+            images = data.images[start : start + 256].float().div(127.5).sub(1.0).to(self.dist.device)
+            chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
+        self.latents = torch.cat(chunks)
+
+    def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
+        gen = _seeded(self.config.train.seed, step, micro, self.dist.rank)
+        latents = self.latents[batch].to(self.dist.device)
+        captions = [self.data.captions[i] for i in batch.tolist()]
+        drop = torch.rand(len(captions), generator=gen) < self.recipe.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+        context = self.text.encode(captions, self.dist.device)
+        noise = torch.randn(latents.shape, generator=gen)
+        if self.recipe.noise_offset:
+            # Noise offset (paper: 0.02 in pretraining, 0.1 in quality-tuning) lets the model shift
+            # overall brightness, which plain Gaussian noise hides from it.
+            noise = noise + self.recipe.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
+        noise = noise.to(self.dist.device)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (len(captions),), generator=gen).to(
+            self.dist.device
+        )
+        noisy = self.noise.add_noise(latents, noise, t)
+        if self.noise.config.prediction_type == "v_prediction":
+            target = self.noise.get_velocity(latents, noise, t)
+        else:
+            target = noise
+        dtype = next(self.engine.module.parameters()).dtype
+        pred = self.engine(noisy.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
+        return F.mse_loss(pred.float(), target.float())
+
+    def after_step(self, step: int) -> None:
+        if self.ema is None:
+            return
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, enabled=self.engine.zero_optimization_stage() == 3):
+            self.ema.step(params)
+
+    def client_state(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_client_state(self, state: dict[str, Any]) -> None:
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+
+    def _export_unet(self) -> torch.nn.Module:
+        unet = _gathered_copy(self.engine)
+        if self.ema is not None:
+            self.ema.copy_to(unet.parameters())
+        return unet
+
+    def pipeline(self) -> Any:
+        from photogenic.models.build import sample_scheduler
+        from photogenic.models.pipeline import PhotogenicPipeline
+
+        self.text.tokenizer.model_max_length = self.config.model.max_caption_tokens
+        return PhotogenicPipeline(
+            vae=self.vae.to("cpu"),
+            unet=self._export_unet().eval(),
+            text_encoder=self.text.model.to("cpu"),
+            tokenizer=self.text.tokenizer,
+            scheduler=sample_scheduler(self.config.model),
+        )
+
+    def export(self, local: Path) -> None:
+        self.pipeline().save_pretrained(local)
+
+    def log_samples(self, step: int) -> None:
+        if self.run is None:
+            return
+        from photogenic.models.pipeline import image_grid
+
+        pipe = self.pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        gens = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
+        images = pipe(
+            list(SAMPLE_PROMPTS),
+            num_inference_steps=self.config.evaluate.sampling_steps,
+            guidance_scale=self.config.evaluate.guidance_scale,
+            generator=gens,
+        ).images
+        self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.name}_step{step:06d}.png")
+        self.vae.to(self.dist.device)
+        self.text.model.to(self.dist.device)
+
+
+RECIPES: dict[str, type[Trainer]] = {
+    "autoencoder": AutoencoderTrainer,
+    "pretrain": DiffusionTrainer,
+    "quality_tune": DiffusionTrainer,
+}
+
+
+def train(
+    recipe: str,
+    config: Config,
+    data_uri: str,
+    out: str | None = None,
+    base: str | None = None,
+    run: Any = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Run one training recipe (the function behind `photogenic train RECIPE`).
+
+    Args:
+        recipe: `autoencoder`, `pretrain` or `quality_tune`.
+        config: the resolved config.
+        data_uri: the validated dataset's manifest.
+        out: the run's URI; default `<store>/runs/<recipe>-<fingerprint of inputs and config>`.
+        base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
+        run: an optional tracking Run.
+
+    Returns:
+        The exported model's URI and version, the steps, and whether it resumed.
+    """
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    if out is None:
+        key = fingerprint(
+            {
+                "recipe": recipe,
+                "data": data_uri,
+                "base": base,
+                "model": to_dict(config.model),
+                "train": to_dict(config.train),
+            }
+        )
+        out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
+    trainer = RECIPES[recipe](
+        config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe
+    )
+    result = trainer.train()
+    log.info(
+        "%s: %d steps -> %s (loss %.4f, %.1fs)",
+        recipe,
+        result.steps,
+        result.model_uri,
+        result.final_loss,
+        result.seconds,
+    )
+    return result
