@@ -1,0 +1,406 @@
+"""The trainer on the tiny preset: recipes, DeepSpeed ZeRO stages against a bare loop, checkpoints and
+resume (also after SIGKILL and with a corrupt checkpoint), two ranks under torchrun, export and generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from photogenic.config import Config, ConfigError, load_config
+from photogenic.data.ingest import ingest
+from photogenic.data.validate import validate
+from photogenic.storage import open_store
+from photogenic.train.checkpoint import CheckpointMismatchError
+from photogenic.train.trainer import DiffusionTrainer, train
+
+PHOTOGENIC = str(Path(sys.executable).with_name("photogenic"))
+
+
+def _env(workspace: Path) -> dict[str, str]:
+    """The environment for a child `photogenic` process: without the process-group variables that
+    in-process training set in this one (a child must pick its own port)."""
+    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    return {**env, "PHOTOGENIC_WORKSPACE": str(workspace), "OMP_NUM_THREADS": "1"}
+
+
+def _config(workspace: Path, *overrides: str) -> Config:
+    return load_config("tiny", overrides=[f"workspace={workspace}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A validated tiny world and a 2-step autoencoder, shared by the tests of this module."""
+    ws = tmp_path_factory.mktemp("train-ws")
+    config = _config(ws)
+    data = validate(ingest("world", config, progress=False).manifest_uri, config).manifest_uri
+    ae = train("autoencoder", config, data, progress=False)
+    return {"ws": ws, "data": data, "ae": ae.model_uri}
+
+
+def _unet_weights(model_uri: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_uri, "unet", "diffusion_pytorch_model.safetensors")))
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= atol, f"weights differ by up to {worst}"
+
+
+def test_autoencoder_export_has_16_latent_channels_and_a_scaling_factor(tiny: dict[str, Any]) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(Path(tiny["ae"], "vae"))
+    assert vae.config.latent_channels == 16
+    assert vae.config.scaling_factor > 0 and vae.config.scaling_factor != 0.18215
+    z = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mode()
+    assert z.shape == (1, 16, 16, 16)
+
+
+def test_pretrain_exports_a_diffusers_pipeline_that_generates(tiny: dict[str, Any], tmp_path: Path) -> None:
+    from photogenic.models.pipeline import PhotogenicPipeline
+
+    config = _config(tiny["ws"])
+    result = train("pretrain", config, tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False)
+    assert result.steps == 2 and not result.reused and result.resumed_from is None
+    pipe = PhotogenicPipeline.from_pretrained(result.model_uri)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(
+        ["a red circle on a sky background"] * 2,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (2, 32, 32, 3) and 0 <= images.min() and images.max() <= 1
+    # Frozen parts are exported unchanged: the autoencoder is the one we started from.
+    assert load_file(str(Path(result.model_uri, "vae", "diffusion_pytorch_model.safetensors"))).keys()
+    again = train("pretrain", config, tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False)
+    assert again.reused and again.fingerprint == result.fingerprint
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashingTrainer(DiffusionTrainer):
+    """Dies right after a given step's checkpoint, like a node lost mid-run."""
+
+    crash_after = 0
+
+    def _save(self, step: int) -> None:
+        super()._save(step)
+        if step == self.crash_after:
+            raise _Crash(f"simulated crash after step {step}")
+
+
+def _run(trainer_cls: type, config: Config, data: str, out: str, base: str, crash_after: int = 0) -> Any:
+    trainer = trainer_cls(config=config, data_uri=data, out=out, base=base, progress=False, name="pretrain")
+    trainer.crash_after = crash_after
+    return trainer.train()
+
+
+def test_resume_after_a_crash_reaches_the_same_weights(tiny: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(
+        tiny["ws"], "train.pretrain.steps=4", "train.pretrain.checkpoint_every=1", "train.pretrain.keep_checkpoints=3"
+    )
+    straight = train("pretrain", config, tiny["data"], out=str(tmp_path / "a"), base=tiny["ae"], progress=False)
+    with pytest.raises(_Crash):
+        _run(_CrashingTrainer, config, tiny["data"], str(tmp_path / "b"), tiny["ae"], crash_after=2)
+    resumed = train("pretrain", config, tiny["data"], out=str(tmp_path / "b"), base=tiny["ae"], progress=False)
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    _assert_same_weights(_unet_weights(straight.model_uri), _unet_weights(resumed.model_uri))
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "partial"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(
+    tiny: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    config = _config(
+        tiny["ws"], "train.pretrain.steps=4", "train.pretrain.checkpoint_every=1", "train.pretrain.keep_checkpoints=3"
+    )
+    out = tmp_path / "run"
+    with pytest.raises(_Crash):
+        _run(_CrashingTrainer, config, tiny["data"], str(out), tiny["ae"], crash_after=3)
+    checkpoints = open_store(str(out / "checkpoints"))
+    assert checkpoints.get_bytes("latest") == b"step-00000003"
+    if damage == "corrupt":  # bytes damaged on disk after publishing
+        victim = next(o for o in checkpoints.list("step-00000003/") if o.key.endswith("model_states.pt"))
+        path = Path(checkpoints.root, victim.key)
+        path.write_bytes(path.read_bytes()[:-100] + b"\0" * 100)
+    else:  # the writer died before the manifest: files without checkpoint.json
+        checkpoints.delete("step-00000003/checkpoint.json")
+    with caplog.at_level("WARNING"):
+        resumed = train("pretrain", config, tiny["data"], out=str(out), base=tiny["ae"], progress=False)
+    assert resumed.resumed_from == 2
+    assert "step-00000003 is incomplete or corrupt" in caplog.text
+    straight = train("pretrain", config, tiny["data"], out=str(tmp_path / "ref"), base=tiny["ae"], progress=False)
+    _assert_same_weights(_unet_weights(straight.model_uri), _unet_weights(resumed.model_uri))
+
+
+def test_checkpoint_retention_keeps_the_newest(tiny: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(
+        tiny["ws"], "train.pretrain.steps=4", "train.pretrain.checkpoint_every=1", "train.pretrain.keep_checkpoints=2"
+    )
+    train("pretrain", config, tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False)
+    tags = {o.key.split("/")[0] for o in open_store(str(tmp_path / "run" / "checkpoints")).list("step-")}
+    assert tags == {"step-00000003", "step-00000004"}
+
+
+def test_checkpoint_from_another_config_is_refused(tiny: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(tiny["ws"], "train.pretrain.steps=3", "train.pretrain.checkpoint_every=1")
+    with pytest.raises(_Crash):
+        _run(_CrashingTrainer, config, tiny["data"], str(tmp_path / "run"), tiny["ae"], crash_after=1)
+    other = _config(tiny["ws"], "train.pretrain.steps=3", "model.unet_channels=[16, 48]")
+    with pytest.raises(CheckpointMismatchError, match="was written with .* resume with the same config"):
+        train("pretrain", other, tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False)
+
+
+class _BareEngine:
+    """A plain PyTorch + AdamW loop behind the engine interface: the reference for ZeRO."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, accum: int, clip: float) -> None:
+        self.module, self.optimizer, self.scheduler, self.accum, self.clip = model, optimizer, scheduler, accum, clip
+        self.micro = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accum).backward()
+
+    def step(self) -> None:
+        self.micro += 1
+        if self.micro % self.accum:
+            return
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def zero_optimization_stage(self) -> int:
+        return 0
+
+
+class _LossRecorder(DiffusionTrainer):
+    bare = False
+
+    def build(self) -> None:
+        if self.bare:
+            import photogenic.train.trainer as trainer_module
+            from photogenic.train.deepspeed_config import lr_lambda
+
+            def bare_wrap(model: Any, train_cfg: Any, recipe: Any, name: str, world: int) -> Any:
+                opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe))
+                return _BareEngine(model, opt, sched, recipe.grad_accum_steps, recipe.grad_clip), opt, sched
+
+            original = trainer_module.wrap
+            trainer_module.wrap = bare_wrap
+            try:
+                super().build()
+            finally:
+                trainer_module.wrap = original
+        else:
+            super().build()
+        self.losses: list[float] = []
+
+    def train_step(self, step: int) -> float:
+        loss = super().train_step(step)
+        self.losses.append(loss)
+        return loss
+
+    def _save(self, step: int) -> None:
+        if not self.bare:
+            super()._save(step)
+
+    def _export(self, *args: Any) -> Any:
+        return None
+
+
+@pytest.mark.slow
+def test_zero_stages_match_a_bare_pytorch_loop(tiny: dict[str, Any], tmp_path: Path) -> None:
+    overrides = [
+        "train.pretrain.steps=3",
+        "train.pretrain.checkpoint_every=0",
+        "train.pretrain.grad_accum_steps=2",
+        "train.pretrain.ema_decay=0",
+    ]
+    losses = {}
+    for stage in ("bare", 1, 2, 3):
+        config = _config(tiny["ws"], *overrides, f"train.zero_stage={0 if stage == 'bare' else stage}")
+        trainer = _LossRecorder(
+            config=config,
+            data_uri=tiny["data"],
+            out=str(tmp_path / f"z{stage}"),
+            base=tiny["ae"],
+            progress=False,
+            name="pretrain",
+        )
+        trainer.bare = stage == "bare"
+        trainer.train()
+        losses[stage] = trainer.losses
+    for stage in (1, 2, 3):
+        assert losses[stage] == pytest.approx(losses["bare"], rel=1e-4), (stage, losses)
+
+
+def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(tiny["ws"], "train.pretrain.global_batch_size=6", "train.pretrain.grad_accum_steps=4")
+    with pytest.raises(
+        ConfigError, match=r"'train.pretrain.global_batch_size' \(6\) must be divisible by world size x"
+    ):
+        train("pretrain", config, tiny["data"], out=str(tmp_path / "x"), base=tiny["ae"], progress=False)
+    with pytest.raises(ConfigError, match=r"'train.zero_stage' must be one of \[0, 1, 2, 3\], got 4"):
+        _config(tiny["ws"], "train.zero_stage=4")
+    with pytest.raises(ConfigError, match="needs --base"):
+        train("pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "y"), progress=False)
+
+
+def test_cli_bad_model_uris_are_one_clear_line(tiny: dict[str, Any], tmp_path: Path) -> None:
+    env = _env(tiny["ws"])
+    gen = subprocess.run(
+        [PHOTOGENIC, "generate", "--model", str(tmp_path), "--prompt", "x", "--preset", "tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert gen.returncode == 1 and f"Error: no Photogenic model at {tmp_path}" in gen.stderr
+    base = subprocess.run(
+        [PHOTOGENIC, "train", "pretrain", "--data", tiny["data"], "--base", str(tmp_path / "none"), "--preset", "tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert base.returncode == 1 and "no Photogenic model at" in base.stderr and "Traceback" not in base.stderr
+
+
+def test_generate_writes_a_grid(tiny: dict[str, Any], tmp_path: Path) -> None:
+    from PIL import Image
+
+    model = train(
+        "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False
+    )
+    out = tmp_path / "grid.png"
+    env = _env(tiny["ws"])
+    done = subprocess.run(
+        [
+            PHOTOGENIC,
+            "generate",
+            "--model",
+            model.model_uri,
+            "--prompt",
+            "a red circle on a sky background",
+            "--prompt",
+            "a blue star on a night background",
+            "-n",
+            "3",
+            "--steps",
+            "2",
+            "-o",
+            str(out),
+            "--preset",
+            "tiny",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Image.open(out).size == (3 * 64, 2 * 64)  # 3 seeds x 2 prompts, 32 px upscaled 2x
+
+
+def _latest_step(checkpoints: Path) -> int:
+    try:
+        return int((checkpoints / "latest").read_text().split("-")[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_restart_resumes_and_matches(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Kill `photogenic train` with SIGKILL after its second checkpoint; the restarted command resumes
+    from the last complete checkpoint and ends with the weights of an uninterrupted run."""
+    overrides = ["train.pretrain.steps=12", "train.pretrain.checkpoint_every=2", "train.pretrain.keep_checkpoints=3"]
+    env = _env(tiny["ws"])
+    cmd = [
+        PHOTOGENIC,
+        "train",
+        "pretrain",
+        "--data",
+        tiny["data"],
+        "--base",
+        tiny["ae"],
+        "--preset",
+        "tiny",
+        *overrides,
+    ]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while _latest_step(out / "checkpoints") < 4 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _latest_step(out / "checkpoints")
+    assert 4 <= killed_at < 12, f"the run was not killed mid-way (latest checkpoint: step {killed_at})"
+    restarted = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    result = json.loads(restarted.stdout)
+    assert result["steps"] == 12 and result["resumed_from"] >= killed_at
+    straight = subprocess.run([*cmd, "--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    _assert_same_weights(_unet_weights(json.loads(straight.stdout)["model_uri"]), _unet_weights(result["model_uri"]))
+
+
+@pytest.mark.slow
+def test_two_ranks_under_torchrun(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """ZeRO-2 across two gloo ranks on CPU: each rank writes its optimizer shard, rank 0 the model."""
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    out = tmp_path / "ddp"
+    env = _env(tiny["ws"])
+    done = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "photogenic.cli",
+            "train",
+            "pretrain",
+            "--data",
+            tiny["data"],
+            "--base",
+            tiny["ae"],
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "train.pretrain.steps=3",
+            "train.pretrain.checkpoint_every=2",
+            "train.zero_stage=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    result = json.loads(done.stdout)
+    assert result["steps"] == 3
+    names = {p.name for p in (out / "checkpoints" / "step-00000003").iterdir()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
+    assert (out / "model" / "unet" / "diffusion_pytorch_model.safetensors").exists()
