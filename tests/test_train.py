@@ -239,7 +239,9 @@ def test_zero_stages_match_a_bare_pytorch_loop(tiny: dict[str, Any], tmp_path: P
     ]
     losses = {}
     for stage in ("bare", 1, 2, 3):
-        config = _config(tiny["ws"], *overrides, f"train.zero_stage={0 if stage == 'bare' else stage}")
+        config = _config(
+            tiny["ws"], *overrides, f"train.zero_stage={0 if stage == 'bare' else stage}", "train.zero_on_one_rank=true"
+        )
         trainer = _LossRecorder(
             config=config,
             data_uri=tiny["data"],

@@ -106,14 +106,19 @@ class ModelConfig:
     """The latent diffusion model: autoencoder, denoiser and frozen text encoder."""
 
     latent_channels: Literal[4, 8, 16] = doc("Autoencoder latent channels (paper, 3.1: 16 beat 4).", 16)
-    autoencoder_channels: tuple[int, ...] = doc("Channels of the autoencoder's blocks.", (32, 64))
-    unet_channels: tuple[int, ...] = doc("Channels of the denoiser's U-Net blocks.", (64, 128, 128))
+    autoencoder_channels: tuple[int, ...] = doc(
+        "Channels of the autoencoder's blocks; each block after the first halves the resolution.", (32, 64, 64)
+    )
+    unet_channels: tuple[int, ...] = doc(
+        "Channels of the denoiser's U-Net blocks; cross-attention only in the last (lowest resolution).",
+        (32, 64, 128),
+    )
     layers_per_block: int = doc("Residual layers per U-Net block.", 1, ge=1, le=8)
     attention_head_dim: int = doc("Width of one attention head in the U-Net.", 32, ge=8)
     text_encoder: str = doc(
         "Frozen text encoder: 'minilm' (the offline MiniLM package) or a local/S3 path to a model.", "minilm"
     )
-    max_caption_tokens: int = doc("Captions are truncated to this many tokens.", 32, ge=4, le=512)
+    max_caption_tokens: int = doc("Captions are truncated to this many tokens.", 24, ge=4, le=512)
     prediction_type: Literal["epsilon", "v_prediction"] = doc("What the denoiser predicts.", "v_prediction")
 
 
@@ -149,6 +154,11 @@ class TrainConfig:
 
     seed: int = doc("Seed for initialisation, noise and data order.", 0, ge=0)
     zero_stage: Literal[0, 1, 2, 3] = doc("DeepSpeed ZeRO stage (0: plain data parallel).", 2)
+    zero_on_one_rank: bool = doc(
+        "Keep ZeRO on when the job has one rank. Off: one rank has nothing to partition, and ZeRO's "
+        "bookkeeping costs about 15% of a CPU step (bench/results/train_step.md).",
+        False,
+    )
     precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
     autoencoder: RecipeConfig = doc(
         "Autoencoder training.",

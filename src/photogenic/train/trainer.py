@@ -21,7 +21,7 @@ from photogenic.manifest import Manifest, ManifestError, ObjectRef, publish, rea
 from photogenic.storage import join_uri, open_store
 from photogenic.train.checkpoint import Checkpoints
 from photogenic.train.data import RankData, load_rank_data
-from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap
+from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap, zero_stage
 from photogenic.train.distributed import Dist, setup_distributed
 
 __all__ = ["Trainer", "AutoencoderTrainer", "DiffusionTrainer", "TrainResult", "RECIPES", "train", "load_model_dir"]
@@ -151,7 +151,7 @@ class Trainer:
             "recipe": self.name,
             "model": fingerprint(to_dict(self.config.model)),
             "image_size": self.config.world.image_size,
-            "zero_stage": self.config.train.zero_stage,
+            "zero_stage": zero_stage(self.config.train, self.dist.world_size),
             "world_size": self.dist.world_size,
         }
 
