@@ -103,7 +103,8 @@ def main() -> None:
         f"- model: `{args.preset}` preset U-Net, {params / 1e6:.2f} M parameters; batch "
         f"{base_config.train.pretrain.global_batch_size}; 1 process",
         f"- command: `.venv/bin/python bench/train_step.py --preset {args.preset} --steps {args.steps}`",
-        f"- each figure: the median step time over {args.steps} steps after {args.warmup} warm-up steps; best of 2 interleaved rounds",
+        f"- each figure: the median step time over {args.steps} steps after {args.warmup} warm-up steps; "
+        "best of 2 interleaved rounds",
         "",
         "| side | step time (s) | vs bare loop |",
         "|---|---:|---:|",

@@ -140,16 +140,17 @@ def main() -> None:
         ratios[precision] = max(r["total"] for r in results[3]) / max(r["total"] for r in results[0])
         for stage, per_rank in results.items():
             for r in per_rank:
+                mib = [r[k] / 2**20 for k in ("params", "grads", "optimizer_state", "deepspeed_buffers", "total")]
                 sections.append(
-                    f"| {precision} | ZeRO-{stage} | {r['rank']} | {r['params'] / 2**20:.1f} | {r['grads'] / 2**20:.1f} | "
-                    f"{r['optimizer_state'] / 2**20:.1f} | {r['deepspeed_buffers'] / 2**20:.1f} | {r['total'] / 2**20:.1f} |"
+                    f"| {precision} | ZeRO-{stage} | {r['rank']} | " + " | ".join(f"{m:.1f}" for m in mib) + " |"
                 )
     n = results[0][0]["n_params"]
     lines = [
         "# ZeRO-3 memory with 2 ranks",
         "",
         f"- date: {datetime.now(UTC).isoformat(timespec='seconds')}",
-        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; 2 ranks under torchrun, gloo",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        "2 ranks under torchrun, gloo",
         f"- model: `{args.preset}` preset U-Net, {n / 1e6:.2f} M parameters",
         f"- command: `.venv/bin/python bench/zero_memory.py --preset {args.preset}`",
         "- counted at the peak of the second step (after backward, before the optimizer step): every distinct",
