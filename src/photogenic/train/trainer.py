@@ -332,10 +332,11 @@ class AutoencoderTrainer(Trainer):
 
     def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         images = self.data.images[batch].float().div(127.5).sub(1.0).to(self.dist.device)
-        posterior = self.engine.module.encode(images).latent_dist
-        z = posterior.sample(generator=None)
+        dtype = next(self.engine.module.parameters()).dtype  # bf16 under DeepSpeed's bf16 mode
+        posterior = self.engine.module.encode(images.to(dtype)).latent_dist
+        z = posterior.sample(generator=_seeded(self.config.train.seed, step, micro, self.dist.rank))
         recon = self.engine.module.decode(z).sample
-        return F.mse_loss(recon.float(), images) + self.kl_weight * posterior.kl().mean()
+        return F.mse_loss(recon.float(), images) + self.kl_weight * posterior.kl().float().mean()
 
     def export(self, local: Path) -> None:
         vae = _gathered_copy(self.engine)
@@ -389,17 +390,21 @@ class DiffusionTrainer(Trainer):
             unet = build_unet(
                 self.config.model, latent_size(self.config.model, self.config.world.image_size), self.text.dim
             )
-        self.ema = None
-        if self.recipe.ema_decay > 0:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(
-                unet.parameters(), decay=self.recipe.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
-            )
         return unet
 
     @torch.no_grad()
     def prepare(self, data: RankData) -> None:
+        self.ema = None
+        if self.recipe.ema_decay > 0:  # on the model's device, in fp32, before DeepSpeed casts the model
+            from diffusers import UNet2DConditionModel
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(
+                self.model.parameters(),
+                decay=self.recipe.ema_decay,
+                model_cls=UNet2DConditionModel,
+                model_config=self.model.config,
+            )
         factor = self.vae.config.scaling_factor
         chunks = []
         for start in range(0, len(data), 256):
