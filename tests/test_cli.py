@@ -108,5 +108,7 @@ def test_run_executes_the_stages_and_writes_a_summary(tmp_path: Path) -> None:
         [client.get_experiment_by_name("photogenic-quality-tuning").experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
     )
-    assert sorted(r.info.run_name for r in children) == ["ingest", "validate"]
+    assert sorted(r.info.run_name for r in children) == ["ingest", "train-autoencoder", "train-pretrain", "validate"]
+    assert Path(summary["pretrain_samples"]).exists()
+    assert summary["stages"]["pretrain"]["steps"] == 2
     assert all(r.info.status == "FINISHED" for r in children)

@@ -352,8 +352,10 @@ def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
     """Run the stages end to end on this machine and print a summary."""
     from photogenic.run import run_local
 
-    summary = run_local(config, source, summary_path)
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout
+        summary = run_local(config, source, summary_path)
     ing, val = summary["stages"]["ingest"], summary["stages"]["validate"]
+    ae, pt = summary["stages"]["autoencoder"], summary["stages"]["pretrain"]
     lines = [
         "",
         f"Photogenic run ({config.preset} preset, config {config.fingerprint()[:12]})",
@@ -362,7 +364,11 @@ def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
         f"   dataset {ing['fingerprint'][:12]}",
         f"  validate  {val['counts']['input']:>7d} in  -> {val['counts']['clean']:>7d} clean, "
         f"{val['counts']['quarantined']} quarantined   dataset {val['fingerprint'][:12]}",
+        f"  autoencoder {ae['steps']:>7d} steps -> model {ae['fingerprint'][:12]}",
+        f"  pretrain    {pt['steps']:>7d} steps -> model {pt['fingerprint'][:12]}  (final loss {pt['final_loss']:.4f})",
         f"  clean dataset:     {val['manifest_uri']}",
+        f"  pretrained model:  {pt['model_uri']}",
+        f"  sample grid:       {summary['pretrain_samples']}",
         f"  validation report: {val['report_uri']}",
         f"  summary:           {summary['summary_path']}",
         f"  compare runs:      {summary['mlflow']['ui_command']}",

@@ -107,7 +107,7 @@ class ModelConfig:
 
     latent_channels: Literal[4, 8, 16] = doc("Autoencoder latent channels (paper, 3.1: 16 beat 4).", 16)
     autoencoder_channels: tuple[int, ...] = doc(
-        "Channels of the autoencoder's blocks; each block after the first halves the resolution.", (32, 64, 64)
+        "Channels of the autoencoder's blocks; each block after the first halves the resolution.", (16, 32, 32)
     )
     unet_channels: tuple[int, ...] = doc(
         "Channels of the denoiser's U-Net blocks; cross-attention only in the last (lowest resolution).",
@@ -162,10 +162,13 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
     autoencoder: RecipeConfig = doc(
         "Autoencoder training.",
-        lambda: RecipeConfig(steps=1_000, learning_rate=1e-3, caption_dropout=0.0, ema_decay=0.0),
+        lambda: RecipeConfig(
+            steps=500, learning_rate=1e-3, warmup_steps=20, caption_dropout=0.0, ema_decay=0.0, checkpoint_every=250
+        ),
     )
     pretrain: RecipeConfig = doc(
-        "Latent diffusion pretraining on the haystack.", lambda: RecipeConfig(noise_offset=0.02)
+        "Latent diffusion pretraining on the haystack (paper, 3.1: noise offset 0.02 in the last stage).",
+        lambda: RecipeConfig(steps=1_200, noise_offset=0.02, checkpoint_every=200, sample_every=400),
     )
     quality_tune: RecipeConfig = doc("Quality-tuning on the curated needles.", _qt_recipe)
 

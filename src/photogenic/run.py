@@ -13,14 +13,35 @@ from photogenic.config import Config
 from photogenic.data.ingest import ingest
 from photogenic.data.validate import validate
 from photogenic.tracking import Tracker, tracking_uri
+from photogenic.train.trainer import train
 
 __all__ = ["run_local"]
 
 log = logging.getLogger(__name__)
 
 
+def sample_grid(model_uri: str, config: Config, path: Path) -> Path:
+    """A grid of the fixed sample prompts (rows) and seeds 0..3 (columns) from an exported model."""
+    import torch
+
+    from photogenic.models.pipeline import PhotogenicPipeline, image_grid
+    from photogenic.train.trainer import SAMPLE_PROMPTS, load_model_dir
+
+    local = load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve())
+    pipe = PhotogenicPipeline.from_pretrained(local)
+    pipe.set_progress_bar_config(disable=True)
+    images = []
+    for prompt in SAMPLE_PROMPTS:
+        gens = [torch.Generator().manual_seed(seed) for seed in range(4)]
+        steps, scale = config.evaluate.sampling_steps, config.evaluate.guidance_scale
+        images += pipe([prompt] * 4, num_inference_steps=steps, guidance_scale=scale, generator=gens).images
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image_grid(images, columns=4, scale=3).save(path)
+    return path
+
+
 def run_local(config: Config, source: str = "world", summary_path: str | Path | None = None) -> dict[str, Any]:
-    """Run ingest -> validate with tracking; write and return a summary.
+    """Run ingest -> validate -> train autoencoder -> pretrain, with tracking; write and return a summary.
 
     Args:
         config: the resolved config.
@@ -38,12 +59,26 @@ def run_local(config: Config, source: str = "world", summary_path: str | Path | 
             ingested = ingest(source, config, run=run)
         with tracker.stage_run("validate", parent.run_id) as run:
             validated = validate(ingested.manifest_uri, config, run=run)
-        parent.set_tags({"photogenic.dataset.clean": validated.fingerprint})
+        with tracker.stage_run("train-autoencoder", parent.run_id) as run:
+            autoencoder = train("autoencoder", config, validated.manifest_uri, run=run)
+        with tracker.stage_run("train-pretrain", parent.run_id) as run:
+            pretrained = train("pretrain", config, validated.manifest_uri, base=autoencoder.model_uri, run=run)
+            grid = sample_grid(pretrained.model_uri, config, Path(config.workspace, "reports", "pretrain-samples.png"))
+            run.log_artifact(grid, "samples")
+        parent.set_tags(
+            {"photogenic.dataset.clean": validated.fingerprint, "photogenic.model.pretrain": pretrained.fingerprint}
+        )
     uri = tracking_uri(config)
     summary = {
         "preset": config.preset,
         "config_fingerprint": config.fingerprint(),
-        "stages": {"ingest": asdict(ingested), "validate": asdict(validated)},
+        "stages": {
+            "ingest": asdict(ingested),
+            "validate": asdict(validated),
+            "autoencoder": asdict(autoencoder),
+            "pretrain": asdict(pretrained),
+        },
+        "pretrain_samples": str(grid),
         "mlflow": {
             "tracking_uri": uri,
             "experiment": config.tracking.experiment,

@@ -16,7 +16,15 @@ from typing import Any
 
 from photogenic.config import Config, DataConfig, fingerprint, to_dict
 from photogenic.data.shards import ShardSink, iter_dataset
-from photogenic.manifest import SCHEMA_VERSION, Manifest, ManifestError, ObjectRef, publish, read_manifest
+from photogenic.manifest import (
+    SCHEMA_VERSION,
+    Manifest,
+    ManifestError,
+    ObjectRef,
+    content_fingerprint,
+    publish,
+    read_manifest,
+)
 from photogenic.storage import ObjectNotFoundError, StoreError, join_uri, open_store
 
 __all__ = ["validate", "ValidateResult", "ValidationFailedError", "sample_row", "build_suite"]
@@ -350,10 +358,14 @@ def _split(
                     dst.write(line)
         refs.append(ObjectRef.of(store.put_file("oracle.jsonl", oracle_path)))
         sidecars["oracle"] = "oracle.jsonl"
+    # The version is the data's: clean and quarantined samples and their reasons, not the reports
+    # (the GX result carries run ids and times).
+    data_refs = [r for r in refs if r.key not in ("gx_result.json", "report.html")]
     return Manifest(
         kind="dataset",
         root=store.root,
         objects=refs,
+        fingerprint=content_fingerprint("dataset", tuple(data_refs)),
         counts=counts,
         config=to_dict(config),
         meta={
