@@ -105,6 +105,7 @@ def test_redaction_rules() -> None:
     assert looks_secret_name("db.password") and looks_secret_name("api-key")
     assert not looks_secret_name("model.max_caption_tokens")
     assert not looks_secret_name("train.zero_stage")
+    assert not looks_secret_name("PWD") and not looks_secret_name("OLDPWD")  # the working directory
     assert looks_secret_value("AKIAIOSFODNN7EXAMPLE", set())
     assert looks_secret_value("https://u:p4ss@host/x", set())
     assert looks_secret_value("Bearer abcdefghijkl", set())

@@ -13,7 +13,7 @@ REDACTED = "<redacted>"
 
 # Whole words of a name only: `max_caption_tokens` is not a secret, `auth_token` is.
 _SECRET_NAME = re.compile(
-    r"(?<![a-z])(secret|passw(or)?d|pwd|token|credentials?|apikey|auth|authorization)(?![a-z])"
+    r"(?<![a-z])(secret|passw(or)?d|token|credentials?|apikey|auth|authorization)(?![a-z])"
     r"|(?<![a-z])(api|access|private|session)[_-]?key(?![a-z])",
     re.IGNORECASE,
 )

@@ -536,6 +536,7 @@ def train(
             }
         )
         out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
+    out = open_store(out, config.storage).root  # absolute: other processes and pods read it
     trainer = RECIPES[recipe](
         config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe
     )
