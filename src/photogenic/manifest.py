@@ -21,7 +21,7 @@ from photogenic.storage import (
     split_uri,
 )
 
-__all__ = ["SCHEMA_VERSION", "ObjectRef", "Manifest", "ManifestError", "publish", "read_manifest"]
+__all__ = ["SCHEMA_VERSION", "ObjectRef", "Manifest", "ManifestError", "publish", "read_manifest", "reusable"]
 
 SCHEMA_VERSION = 1
 
@@ -173,3 +173,22 @@ def _split_file_uri(uri: str) -> tuple[str, str]:
     if not name or not head:
         raise ManifestError(f"{uri!r} does not name a manifest file")
     return (f"s3://{head}" if scheme == "s3" else head or "/"), name
+
+
+def reusable(uri: str, request: str, config: StorageConfig | None = None) -> Manifest | None:
+    """The manifest at `uri` if an earlier run made it from the same request and all its objects are
+    still there with the recorded checksums; else None (the stage then does its work again)."""
+    try:
+        manifest = read_manifest(uri, config)
+    except ManifestError:
+        return None
+    if manifest.meta.get("request") != request:
+        return None
+    store = manifest.store(config)
+    for ref in manifest.objects:
+        try:
+            if store.stat(ref.key).sha256 != ref.sha256:
+                return None
+        except ObjectNotFoundError:
+            return None
+    return manifest

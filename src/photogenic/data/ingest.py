@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from photogenic.config import Config, fingerprint, to_dict
 from photogenic.data.shards import ShardSink
 from photogenic.data.sources import Chunk, RawRecord, Source, load_chunk, make_source
-from photogenic.manifest import SCHEMA_VERSION, Manifest, ManifestError, ObjectRef, publish, read_manifest
-from photogenic.storage import ObjectNotFoundError, Store, join_uri, open_store
+from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, publish, reusable
+from photogenic.storage import Store, join_uri, open_store
 
 __all__ = ["ingest", "IngestResult", "inspect_image", "NearDuplicateIndex", "tar_key"]
 
@@ -381,7 +381,7 @@ def ingest(
     store = open_store(out, config.storage)
     out, manifest_uri = store.root, store.uri("manifest.json")  # absolute: other processes read them
 
-    reused = _reusable(manifest_uri, request, config)
+    reused = reusable(manifest_uri, request, config.storage)
     if reused is not None:
         log.info(
             "ingest: %s already holds this input and config (dataset %s); reusing it", out, reused.fingerprint[:12]
@@ -425,24 +425,6 @@ def ingest(
     )
     _log_result(run, result)
     return result
-
-
-def _reusable(manifest_uri: str, request: str, config: Config) -> Manifest | None:
-    try:
-        manifest = read_manifest(manifest_uri, config.storage)
-    except ManifestError:
-        return None
-    if manifest.meta.get("request") != request:
-        return None
-    store = manifest.store(config.storage)
-    for ref in manifest.objects:
-        try:
-            info = store.stat(ref.key)
-        except ObjectNotFoundError:
-            return None
-        if info.sha256 != ref.sha256:
-            return None
-    return manifest
 
 
 def _log_result(run: Any, result: IngestResult) -> None:

@@ -24,8 +24,9 @@ from photogenic.manifest import (
     content_fingerprint,
     publish,
     read_manifest,
+    reusable,
 )
-from photogenic.storage import ObjectNotFoundError, StoreError, join_uri, open_store
+from photogenic.storage import StoreError, join_uri, open_store
 
 __all__ = ["validate", "ValidateResult", "ValidationFailedError", "sample_row", "build_suite"]
 
@@ -251,7 +252,7 @@ def validate(
     store = open_store(out, config.storage)
     out, result_uri = store.root, store.uri("manifest.json")  # absolute: other processes read them
 
-    previous = _reusable(result_uri, request, config)
+    previous = reusable(result_uri, request, config.storage)
     if previous is not None:
         log.info("validate: %s already holds this validation (dataset %s); reusing it", out, previous.fingerprint[:12])
         counts = dict(previous.counts)
@@ -377,23 +378,6 @@ def _split(
             "sidecars": sidecars,
         },
     )
-
-
-def _reusable(uri: str, request: str, config: Config) -> Manifest | None:
-    try:
-        manifest = read_manifest(uri, config.storage)
-    except ManifestError:
-        return None
-    if manifest.meta.get("request") != request:
-        return None
-    store = manifest.store(config.storage)
-    for ref in manifest.objects:
-        try:
-            if store.stat(ref.key).sha256 != ref.sha256:
-                return None
-        except ObjectNotFoundError:
-            return None
-    return manifest
 
 
 _CSS = (
