@@ -162,8 +162,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
     autoencoder: RecipeConfig = doc(
         "Autoencoder training.",
+        # 500 steps at 1e-3 left reconstructions blurred and hues shifted (MSE 0.071 on held-out images);
+        # 1,000 at 2e-3 gave 0.019, and the denoiser on top then rendered the prompted colours.
         lambda: RecipeConfig(
-            steps=500, learning_rate=1e-3, warmup_steps=20, caption_dropout=0.0, ema_decay=0.0, checkpoint_every=250
+            steps=1_000, learning_rate=2e-3, warmup_steps=20, caption_dropout=0.0, ema_decay=0.0, checkpoint_every=250
         ),
     )
     pretrain: RecipeConfig = doc(
