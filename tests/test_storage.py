@@ -22,6 +22,7 @@ from photogenic.storage import (
     StoreError,
     StoreUnreachableError,
     open_store,
+    split_parent,
     split_uri,
 )
 
@@ -202,6 +203,10 @@ def test_uri_parsing() -> None:
         split_uri("gs://bucket/x")
     with pytest.raises(StoreError, match="no bucket"):
         split_uri("s3:///x")
+    assert split_parent("s3://bucket/a/x.tar") == ("s3://bucket/a", "x.tar")
+    assert split_parent("/tmp/d/m.json") == ("/tmp/d", "m.json")
+    with pytest.raises(StoreError, match="does not name an object"):
+        split_parent("s3://bucket")
 
 
 # ------------------------------------------------------------------------------------------- S3 only

@@ -16,7 +16,7 @@ import yaml
 from photogenic.config import PRESETS, Config, ConfigError, field_docs, load_config, to_dict
 from photogenic.manifest import ManifestError
 from photogenic.redact import secret_env_values
-from photogenic.storage import StoreError, open_store, split_uri
+from photogenic.storage import StoreError, open_store, split_parent
 
 __all__ = ["main"]
 
@@ -143,14 +143,6 @@ def store_group() -> None:
     """
 
 
-def _parent_and_name(uri: str) -> tuple[str, str]:
-    scheme, rest = split_uri(uri)
-    head, _, name = rest.rstrip("/").rpartition("/")
-    if not name:
-        raise StoreError(f"{uri!r} does not name an object")
-    return (f"s3://{head}" if scheme == "s3" else head or "/"), name
-
-
 @store_group.command("ls")
 @click.argument("uri")
 @click.option("-l", "--long", "long_", is_flag=True, help="Show size and recorded sha256 too.")
@@ -174,7 +166,7 @@ def store_ls(uri: str, long_: bool) -> None:
 @_friendly_errors
 def store_cat(uri: str) -> None:
     """Write one object to standard output (its checksum is verified)."""
-    parent, name = _parent_and_name(uri)
+    parent, name = split_parent(uri)
     with open_store(parent).open(name) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             sys.stdout.buffer.write(chunk)
@@ -186,7 +178,7 @@ def store_cat(uri: str) -> None:
 @_friendly_errors
 def store_get(uri: str, dest: str) -> None:
     """Download one object to DEST (checksum verified before it appears)."""
-    parent, name = _parent_and_name(uri)
+    parent, name = split_parent(uri)
     path = open_store(parent).get_file(name, dest)
     click.echo(str(path))
 
@@ -197,7 +189,7 @@ def store_get(uri: str, dest: str) -> None:
 @_friendly_errors
 def store_put(src: str, uri: str) -> None:
     """Upload the file SRC to URI, recording its sha256."""
-    parent, name = _parent_and_name(uri)
+    parent, name = split_parent(uri)
     info = open_store(parent).put_file(name, src)
     click.echo(f"{info.uri}  {info.size} bytes  sha256 {info.sha256}")
 

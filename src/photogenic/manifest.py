@@ -18,7 +18,7 @@ from photogenic.storage import (
     StoreError,
     join_uri,
     open_store,
-    split_uri,
+    split_parent,
 )
 
 __all__ = ["SCHEMA_VERSION", "ObjectRef", "Manifest", "ManifestError", "publish", "read_manifest", "reusable"]
@@ -168,11 +168,10 @@ def read_manifest(uri: str, config: StorageConfig | None = None) -> Manifest:
 
 
 def _split_file_uri(uri: str) -> tuple[str, str]:
-    scheme, rest = split_uri(uri)
-    head, _, name = rest.rstrip("/").rpartition("/")
-    if not name or not head:
-        raise ManifestError(f"{uri!r} does not name a manifest file")
-    return (f"s3://{head}" if scheme == "s3" else head or "/"), name
+    try:
+        return split_parent(uri)
+    except StoreError as exc:
+        raise ManifestError(f"{uri!r} does not name a manifest file") from exc
 
 
 def reusable(uri: str, request: str, config: StorageConfig | None = None) -> Manifest | None:

@@ -23,6 +23,7 @@ __all__ = [
     "ObjectInfo",
     "open_store",
     "split_uri",
+    "split_parent",
     "join_uri",
     "sha256_file",
     "StoreError",
@@ -85,6 +86,15 @@ def split_uri(uri: str) -> tuple[str, str]:
     if "://" in uri:
         raise StoreError(f"store URI {uri!r} has an unsupported scheme: use a local path or s3://bucket/prefix")
     return "file", str(Path(uri).expanduser().resolve())
+
+
+def split_parent(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/x.tar` -> (`s3://bucket/a`, `x.tar`); a local file path -> (its folder, its name)."""
+    scheme, rest = split_uri(uri)
+    head, _, name = rest.rstrip("/").rpartition("/")
+    if not name or (scheme == "s3" and not head):
+        raise StoreError(f"{uri!r} does not name an object")
+    return (f"s3://{head}" if scheme == "s3" else head or "/"), name
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from photogenic.config import StorageConfig, WorldConfig
-from photogenic.storage import ObjectNotFoundError, StoreError, join_uri, open_store, split_uri
+from photogenic.storage import ObjectNotFoundError, StoreError, join_uri, open_store, split_parent
 
 __all__ = ["RawRecord", "Chunk", "Source", "WorldSource", "TableSource", "ShardSource", "make_source", "SourceError"]
 
@@ -129,9 +129,7 @@ class TableSource(Source):
     _name: str = ""
 
     def __post_init__(self) -> None:
-        scheme, rest = split_uri(self.table_uri)
-        head, _, self._name = rest.rpartition("/")
-        self._folder = f"s3://{head}" if scheme == "s3" else head
+        self._folder, self._name = split_parent(self.table_uri)
         if not self._name.lower().endswith(_TABLE_SUFFIXES):
             raise SourceError(f"captions table {self.table_uri!r} must end in {', '.join(_TABLE_SUFFIXES)}")
 
@@ -232,10 +230,9 @@ def _caption_bytes(value: Any) -> bytes | None:
 
 
 def _read_image(uri: str, storage: StorageConfig) -> tuple[bytes | None, str | None]:
-    scheme, rest = split_uri(uri)
-    head, _, name = rest.rpartition("/")
+    parent, name = split_parent(uri)
     try:
-        return open_store(f"s3://{head}" if scheme == "s3" else head, storage).get_bytes(name), None
+        return open_store(parent, storage).get_bytes(name), None
     except ObjectNotFoundError:
         return None, f"caption row names image {uri}, which does not exist"
 
@@ -313,9 +310,7 @@ class ShardSource(Source):
 
     def _shards(self) -> list[tuple[str, str, str, int]]:
         if self.uri.endswith(".tar"):
-            scheme, rest = split_uri(self.uri)
-            head, _, name = rest.rpartition("/")
-            parent = f"s3://{head}" if scheme == "s3" else head
+            parent, name = split_parent(self.uri)
             try:
                 info = open_store(parent, self.storage).stat(name)
             except ObjectNotFoundError as exc:
