@@ -275,11 +275,18 @@ def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_
 @click.option(
     "--out", default=None, help="Run URI for checkpoints and the model (default: <store>/runs/<recipe>-<fingerprint>)."
 )
+@click.option("--judges", default=None, help="Curation judge set, for early stopping (quality-tune).")
 @_parent_option
 @config_options
 @_friendly_errors
 def train_cmd(
-    config: Config, recipe: str, data_uri: str, base: str | None, out: str | None, parent_run_id: str | None
+    config: Config,
+    recipe: str,
+    data_uri: str,
+    base: str | None,
+    out: str | None,
+    judges: str | None,
+    parent_run_id: str | None,
 ) -> None:
     """Train one recipe with DeepSpeed (in-process, or under torchrun for several ranks); resumes
     from the run's latest checkpoint and exports the model in diffusers format."""
@@ -288,9 +295,74 @@ def train_cmd(
     name = recipe.replace("-", "_")
     # DeepSpeed prints to stdout; keep stdout for the JSON result.
     with contextlib.redirect_stdout(sys.stderr), _stage_run(config, f"train-{recipe}", parent_run_id) as run:
-        result = train(name, config, data_uri, out=out, base=base, run=run)
+        result = train(name, config, data_uri, out=out, base=base, run=run, judges=judges)
     if int(os.environ.get("RANK", "0")) == 0:
         _echo_result(result)
+
+
+@main.group("judges")
+def judges_group() -> None:
+    """The learned judges: appeal, text overlay and concepts, trained on oracle-labelled renders."""
+
+
+@judges_group.command("train")
+@click.option(
+    "--purpose",
+    type=click.Choice(["curation", "evaluation"]),
+    required=True,
+    help="'curation': the rating set behind the automatic filters; 'evaluation': the raters of `evaluate`.",
+)
+@click.option("--out", default=None, help="Judge set URI (default: <store>/judges/<purpose>-<fingerprint>).")
+@_parent_option
+@config_options
+@_friendly_errors
+def judges_train_cmd(config: Config, purpose: str, out: str | None, parent_run_id: str | None) -> None:
+    """Render, train and validate one judge set; prints its URI and held-out agreement with the oracle."""
+    from photogenic.judges import train_judges
+
+    with _stage_run(config, f"judges-{purpose}", parent_run_id) as run:
+        _echo_result(train_judges(config, purpose, out=out, run=run))  # type: ignore[arg-type]
+
+
+@main.command("curate")
+@click.option("--data", "-d", "data_uri", required=True, help="Manifest URI of the validated dataset.")
+@click.option("--judges", required=True, help="The curation judge set (`photogenic judges train --purpose curation`).")
+@click.option("--approved", default=None, help="With curate.review=import: the reviewers' JSON of approved keys.")
+@click.option("--out", default=None, help="QT dataset URI (default: <store>/datasets/curated-<fingerprint>).")
+@_parent_option
+@config_options
+@_friendly_errors
+def curate_cmd(
+    config: Config, data_uri: str, judges: str, approved: str | None, out: str | None, parent_run_id: str | None
+) -> None:
+    """Run the curation funnel: automatic filters, two review rounds, held-out concepts; prints the funnel."""
+    from photogenic.curate import ReviewNeeded, curate
+
+    try:
+        with _stage_run(config, "curate", parent_run_id) as run:
+            _echo_result(curate(data_uri, judges, config, out=out, approved=approved, run=run))
+    except ReviewNeeded as exc:
+        click.echo(str(exc))
+
+
+@main.command("evaluate")
+@click.option("--a", "model_a", required=True, help="Candidate model URI (a 'win' means A is better).")
+@click.option("--b", "model_b", required=True, help="Reference model URI.")
+@click.option(
+    "--judges", required=True, help="The evaluation judge set (`photogenic judges train --purpose evaluation`)."
+)
+@click.option("--out", default=None, help="Evaluation URI (default: <store>/evaluations/<fingerprint>).")
+@_parent_option
+@config_options
+@_friendly_errors
+def evaluate_cmd(
+    config: Config, model_a: str, model_b: str, judges: str, out: str | None, parent_run_id: str | None
+) -> None:
+    """Compare two models pairwise on the benchmark prompts: appeal and faithfulness win/tie/loss."""
+    from photogenic.evaluate import evaluate
+
+    with _stage_run(config, "evaluate", parent_run_id) as run:
+        _echo_result(evaluate(model_a, model_b, judges, config, out=out, run=run))
 
 
 @main.command("generate")
@@ -346,8 +418,20 @@ def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
 
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout
         summary = run_local(config, source, summary_path)
-    ing, val = summary["stages"]["ingest"], summary["stages"]["validate"]
-    ae, pt = summary["stages"]["autoencoder"], summary["stages"]["pretrain"]
+    st = summary["stages"]
+    ing, val, ae, pt = st["ingest"], st["validate"], st["autoencoder"], st["pretrain"]
+    cur, qt, ev = st["curate"], st["quality_tune"], st["evaluate"]
+    m = ev["metrics"]
+
+    def wtl(name: str) -> str:
+        if f"{name}_win" not in m:
+            return "n/a"
+        return " / ".join(
+            f"{m[f'{name}_{k}']:.0%} [{m[f'{name}_{k}_lo']:.0%}, {m[f'{name}_{k}_hi']:.0%}]"
+            for k in ("win", "tie", "loss")
+        )
+
+    judges = st["judges"]["evaluation"]["metrics"]
     lines = [
         "",
         f"Photogenic run ({config.preset} preset, config {config.fingerprint()[:12]})",
@@ -358,9 +442,23 @@ def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
         f"{val['counts']['quarantined']} quarantined   dataset {val['fingerprint'][:12]}",
         f"  autoencoder {ae['steps']:>7d} steps -> model {ae['fingerprint'][:12]}",
         f"  pretrain    {pt['steps']:>7d} steps -> model {pt['fingerprint'][:12]}  (final loss {pt['final_loss']:.4f})",
-        f"  clean dataset:     {val['manifest_uri']}",
+        "  curate      " + " -> ".join(f"{n} {k}" for n, k in cur["funnel"]),
+        f"  quality-tune -> model {qt['fingerprint'][:12]}",
+        "",
+        "  Quality-tuned (A) vs pretrained (B), same prompts and seeds; win / tie / loss for A [95% CI]:",
+        f"    visual appeal        {wtl('appeal')}",
+        f"    text faithfulness    {wtl('faithfulness')}",
+        f"    appeal, held-out     {wtl('appeal_held_out')}",
+        f"    faithful., held-out  {wtl('faithfulness_held_out')}",
+        f"    judges vs oracle: appeal agreement {judges['appeal_pairwise_agreement']:.3f}, "
+        f"concept accuracy {judges['concept_accuracy']:.3f}"
+        + ("" if ev["trustworthy"] else "  -> NOT TRUSTWORTHY (below evaluate.min_judge_agreement)"),
+        "",
+        f"  evaluation report: {ev['report_uri']}",
+        f"  QT dataset:        {cur['manifest_uri']}",
         f"  pretrained model:  {pt['model_uri']}",
-        f"  sample grid:       {summary['pretrain_samples']}",
+        f"  quality-tuned:     {qt['model_uri']}",
+        f"  sample grids:      {summary['pretrain_samples']}, {summary['qt_samples']}",
         f"  validation report: {val['report_uri']}",
         f"  summary:           {summary['summary_path']}",
         f"  compare runs:      {summary['mlflow']['ui_command']}",

@@ -110,8 +110,17 @@ class ModelConfig:
         "Channels of the autoencoder's blocks; each block after the first halves the resolution.", (16, 32, 32)
     )
     unet_channels: tuple[int, ...] = doc(
-        "Channels of the denoiser's U-Net blocks; cross-attention only in the last (lowest resolution).",
+        "Channels of the denoiser's U-Net blocks, from the highest resolution to the lowest.",
         (32, 64, 128),
+    )
+    attention_levels: int = doc(
+        "U-Net levels, counted from the lowest resolution, with self- and cross-attention.", 2, ge=1, le=8
+    )
+    pooled_text: bool = doc(
+        "Also feed an attention-pooled caption embedding into the timestep embedding (diffusers' "
+        "addition_embed_type='text'), with scale-shift conditioning in every residual block: the caption "
+        "then reaches all resolutions, not just the attention levels, and shapes are learnt far sooner.",
+        True,
     )
     layers_per_block: int = doc("Residual layers per U-Net block.", 1, ge=1, le=8)
     attention_head_dim: int = doc("Width of one attention head in the U-Net.", 32, ge=8)
@@ -139,12 +148,28 @@ class RecipeConfig:
     checkpoint_every: int = doc("Steps between DeepSpeed checkpoints (0: only at the end).", 200, ge=0)
     keep_checkpoints: int = doc("Most checkpoints kept; older ones are deleted.", 2, ge=1)
     sample_every: int = doc("Steps between logged sample grids (0: only at the end).", 500, ge=0)
+    validate_every: int = doc(
+        "Steps between validations for early stopping (0: off). Quality-tuning scores images of held-out "
+        "prompts with the curation judges' appeal and keeps the best checkpoint (paper, 3.4: stop early).",
+        0,
+        ge=0,
+    )
+    patience: int = doc("Validations without improvement before training stops early.", 3, ge=1)
 
 
 def _qt_recipe() -> RecipeConfig:
     # Paper, section 3.4: batch 64, noise offset 0.1, at most 15K iterations, stopped early.
     return RecipeConfig(
-        steps=400, global_batch_size=64, learning_rate=5e-5, warmup_steps=20, noise_offset=0.1, caption_dropout=0.1
+        steps=400,
+        global_batch_size=64,
+        learning_rate=5e-5,
+        warmup_steps=20,
+        noise_offset=0.1,
+        caption_dropout=0.1,
+        checkpoint_every=50,
+        sample_every=0,
+        validate_every=50,
+        patience=3,
     )
 
 
@@ -176,14 +201,64 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class CurateConfig:
-    """The curation funnel: automatic filters, then two review rounds (paper, section 3.3)."""
+class JudgesConfig:
+    """Learned image judges (appeal, text overlay, shape, colour, background), trained on oracle-labelled
+    renders of the world drawn with their own seeds: one set rates for curation (the paper's aesthetic
+    and OCR models), a disjoint one judges evaluations."""
 
-    target_size: int = doc("Images kept for quality-tuning after the specialist round.", 400, ge=1)
-    generalist_keep: float = doc("Fraction the generalist round keeps of the filtered pool (recall).", 0.1, gt=0, le=1)
-    reviewer_noise: float = doc("Standard deviation of the simulated reviewers' rating noise.", 0.05, ge=0)
-    min_aesthetic_score: float = doc("Aesthetic predictor threshold of the automatic filter.", 0.5, ge=0, le=1)
-    holdout_concepts: tuple[str, ...] = doc("Concepts kept out of the QT set to measure generality.", ())
+    train_samples: int = doc("Oracle-labelled renders each judge set trains on.", 8_000, ge=16)
+    holdout_samples: int = doc("Held-out renders the judges are validated on.", 2_000, ge=16)
+    photogenic_rate: float = doc(
+        "Share of photogenic renders in the judges' sets (the haystack has few).", 0.3, ge=0, le=1
+    )
+    epochs: int = doc("Passes over the training renders.", 8, ge=1)
+    batch_size: int = doc("Renders per optimizer step.", 128, ge=1)
+    learning_rate: float = doc("AdamW learning rate.", 2e-3, gt=0, le=1)
+    width: int = doc("Channels of the judge network's first block (it doubles twice).", 32, ge=4)
+    curation_seed_offset: int = doc("World seed offset of the rating set the curation filters learn from.", 101)
+    evaluation_seed_offset: int = doc("World seed offset of the judges' renders (never seen by curation).", 202)
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """The curation funnel: automatic filters that see only pixels and captions, then two review rounds
+    (paper, section 3.3). On the toy world the reviewers are the oracle with rating noise (simulated)."""
+
+    min_side: int = doc("Size filter: images with a shorter side are dropped.", 16, ge=1)
+    max_aspect_ratio: float = doc("Aspect filter: longer side over shorter side.", 2.0, ge=1)
+    max_text_probability: float = doc(
+        "Text-overlay filter (the paper's OCR filter) on the rating-set model.", 0.5, ge=0, le=1
+    )
+    max_noise: float = doc(
+        "Noise filter: most estimated pixel-noise sigma (Donoho's MAD of the finest Haar band).", 0.005, ge=0
+    )
+    min_sharpness: float = doc("Sharpness filter: least variance of the Laplacian of the luminance.", 4e-4, ge=0)
+    max_clipped: float = doc("Exposure filter: largest share of pixels within 2% of black or white.", 0.7, ge=0, le=1)
+    min_aesthetic_score: float = doc(
+        "Aesthetic filter: least score of the predictor trained on the rating set.", 0.75, ge=0, le=1
+    )
+    min_caption_agreement: float = doc(
+        "Caption-image agreement filter (the CLIP-score filter): least mean probability, under the rating-set "
+        "concept classifier, of the concepts the caption names; a caption naming none fails.",
+        0.5,
+        ge=0,
+        le=1,
+    )
+    max_per_concept: int = doc("Concept balancing: most images kept per (shape, colour) pair, best first.", 40, ge=1)
+    review: Literal["simulated", "export", "import"] = doc(
+        "Review rounds: 'simulated' (the oracle with noise plays the reviewers; toy world only), 'export' "
+        "(write a contact sheet and candidates JSON for people, then stop), 'import' (read approved keys).",
+        "simulated",
+    )
+    generalist_min_rating: float = doc("Generalist round (recall): least rating a candidate needs.", 0.8, ge=0, le=1)
+    specialist_min_rating: float = doc("Specialist round (precision): least rating to be kept.", 0.93, ge=0, le=1)
+    generalist_noise: float = doc("Rating noise (std) of the simulated generalists.", 0.05, ge=0)
+    specialist_noise: float = doc("Rating noise (std) of the simulated specialists.", 0.02, ge=0)
+    target_size: int = doc("Most images the specialists keep for quality-tuning.", 400, ge=1)
+    holdout_concepts: tuple[str, ...] = doc(
+        "Concepts (shape or colour names) kept out of the QT set entirely, to measure generality.", ("star",)
+    )
+    seed: int = doc("Seed of the simulated reviewers' noise.", 0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -234,6 +309,7 @@ class Config:
     data: DataConfig = doc("Ingestion and validation.", DataConfig)
     model: ModelConfig = doc("The model.", ModelConfig)
     train: TrainConfig = doc("The trainer and its recipes.", TrainConfig)
+    judges: JudgesConfig = doc("The learned judges.", JudgesConfig)
     curate: CurateConfig = doc("The curation funnel.", CurateConfig)
     evaluate: EvaluateConfig = doc("The evaluation.", EvaluateConfig)
     storage: StorageConfig = doc("Storage.", StorageConfig)
@@ -279,9 +355,12 @@ def tiny() -> Config:
             zero_stage=2,
             autoencoder=dataclasses.replace(small, caption_dropout=0.0, ema_decay=0.0),
             pretrain=dataclasses.replace(small, noise_offset=0.02),
-            quality_tune=dataclasses.replace(small, noise_offset=0.1, learning_rate=5e-5),
+            quality_tune=dataclasses.replace(small, noise_offset=0.1, learning_rate=5e-5, validate_every=1, patience=1),
         ),
-        curate=CurateConfig(target_size=8, generalist_keep=0.5),
+        judges=JudgesConfig(train_samples=384, holdout_samples=256, epochs=2, batch_size=64, width=8),
+        curate=CurateConfig(
+            min_aesthetic_score=0.0, min_caption_agreement=0.0, generalist_min_rating=0.5, specialist_min_rating=0.6
+        ),
         evaluate=EvaluateConfig(seeds_per_prompt=1, sampling_steps=2, bootstrap_samples=200),
     )
 

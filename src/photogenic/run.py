@@ -1,4 +1,4 @@
-"""The main job on one machine: every stage that exists, in order, under one MLflow parent run."""
+"""The main job on one machine: every stage, in order, under one MLflow parent run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from photogenic.config import Config
+from photogenic.curate import curate
 from photogenic.data.ingest import ingest
 from photogenic.data.validate import validate
+from photogenic.evaluate import evaluate
+from photogenic.judges import train_judges
 from photogenic.tracking import Tracker, tracking_uri
 from photogenic.train.trainer import train
 
@@ -41,7 +44,8 @@ def sample_grid(model_uri: str, config: Config, path: Path) -> Path:
 
 
 def run_local(config: Config, source: str = "world", summary_path: str | Path | None = None) -> dict[str, Any]:
-    """Run ingest -> validate -> train autoencoder -> pretrain, with tracking; write and return a summary.
+    """Run ingest -> validate -> autoencoder -> pretrain -> judges -> curate -> quality-tune -> evaluate,
+    with tracking; write and return a summary.
 
     Args:
         config: the resolved config.
@@ -65,9 +69,34 @@ def run_local(config: Config, source: str = "world", summary_path: str | Path | 
             pretrained = train("pretrain", config, validated.manifest_uri, base=autoencoder.model_uri, run=run)
             grid = sample_grid(pretrained.model_uri, config, Path(config.workspace, "reports", "pretrain-samples.png"))
             run.log_artifact(grid, "samples")
+        judges = {}
+        for purpose in ("curation", "evaluation"):
+            with tracker.stage_run(f"judges-{purpose}", parent.run_id) as run:
+                judges[purpose] = train_judges(config, purpose, run=run)
+        with tracker.stage_run("curate", parent.run_id) as run:
+            curated = curate(validated.manifest_uri, judges["curation"].uri, config, run=run)
+        with tracker.stage_run("train-quality-tune", parent.run_id) as run:
+            tuned = train(
+                "quality_tune",
+                config,
+                curated.manifest_uri,
+                base=pretrained.model_uri,
+                run=run,
+                judges=judges["curation"].uri,
+            )
+            qt_grid = sample_grid(tuned.model_uri, config, Path(config.workspace, "reports", "qt-samples.png"))
+            run.log_artifact(qt_grid, "samples")
+        with tracker.stage_run("evaluate", parent.run_id) as run:
+            evaluation = evaluate(tuned.model_uri, pretrained.model_uri, judges["evaluation"].uri, config, run=run)
         parent.set_tags(
-            {"photogenic.dataset.clean": validated.fingerprint, "photogenic.model.pretrain": pretrained.fingerprint}
+            {
+                "photogenic.dataset.clean": validated.fingerprint,
+                "photogenic.dataset.qt": curated.fingerprint,
+                "photogenic.model.pretrain": pretrained.fingerprint,
+                "photogenic.model.quality_tune": tuned.fingerprint,
+            }
         )
+        parent.log_metrics({f"eval/{k}": v for k, v in evaluation.metrics.items()})
     uri = tracking_uri(config)
     summary = {
         "preset": config.preset,
@@ -77,8 +106,13 @@ def run_local(config: Config, source: str = "world", summary_path: str | Path | 
             "validate": asdict(validated),
             "autoencoder": asdict(autoencoder),
             "pretrain": asdict(pretrained),
+            "judges": {k: asdict(v) for k, v in judges.items()},
+            "curate": asdict(curated),
+            "quality_tune": asdict(tuned),
+            "evaluate": asdict(evaluation),
         },
         "pretrain_samples": str(grid),
+        "qt_samples": str(qt_grid),
         "mlflow": {
             "tracking_uri": uri,
             "experiment": config.tracking.experiment,

@@ -22,19 +22,28 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from photogenic.config import WorldConfig
 
 __all__ = [
+    "WORLD_VERSION",
     "SHAPES",
     "COLORS",
     "BACKGROUNDS",
     "Scene",
     "WorldSample",
+    "labelled_renders",
     "render_sample",
     "iter_world",
     "oracle_appeal",
     "clean_caption",
+    "caption_for",
     "contact_sheet",
 ]
 
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "hexagon")
+# The renderer's version: part of every dataset request, so a change to what the world draws is never
+# mistaken for an earlier dataset in the store.
+WORLD_VERSION = 2
+
+# Six shapes that stay distinct at 32 px under +-30 degree rotations, blur and noise (a diamond is a
+# rotated square, and a small hexagon reads as a circle: both made the concept unlearnable at this size).
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 COLORS = {  # name -> hue in degrees
     "red": 0.0,
     "orange": 28.0,
@@ -173,9 +182,14 @@ def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
+def caption_for(shape: str, color: str, background: str) -> str:
+    """The clean caption of a concept combination: 'a red circle on a sky background'."""
+    return f"{_a(color)} {shape} on {_a(background)} background"
+
+
 def clean_caption(scene: Scene) -> str:
     """The careful, hand-written-style caption (paper, 3.3: the QT set's captions are written by hand)."""
-    return f"{_a(scene.color)} {scene.shape} on {_a(scene.background)} background"
+    return caption_for(scene.shape, scene.color, scene.background)
 
 
 def _web_caption(scene: Scene, rng: np.random.Generator, noise_rate: float) -> str:
@@ -244,7 +258,7 @@ def _draw_scene(rng: np.random.Generator, config: WorldConfig) -> Scene:
             detail_seed=int(rng.integers(2**31)),
         )
     # The haystack: every principle drawn broadly, defects common but not drowning the subject.
-    radius = float(rng.uniform(0.17, 0.42))
+    radius = float(rng.uniform(0.2, 0.42))
     return Scene(
         shape=shape,
         color=color,
@@ -292,12 +306,8 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> li
         return ring(4, [1.0], 45)
     if shape == "triangle":
         return ring(3, [1.1], -90)
-    if shape == "diamond":
-        return [(x, cy + (y - cy) * 1.0) for x, y in ring(4, [1.0], 0)]
     if shape == "star":
         return ring(10, [1.1, 0.45], -90)
-    if shape == "hexagon":
-        return ring(6, [1.0], 0)
     if shape == "cross":
         w = 0.36
         base = [
@@ -455,6 +465,30 @@ def render_sample(config: WorldConfig, index: int) -> WorldSample:
     }
     key = f"world{config.seed:04d}-{index:09d}"
     return WorldSample(index=index, key=key, image=_png(image), caption=caption, oracle=oracle)
+
+
+def labelled_renders(config: WorldConfig, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Renders `start`..`stop` as a uint8 array (N, 3, H, W) with their oracle labels: `appeal`, `text`
+    (an overlay is present), and `shape`, `color`, `background` as indices into SHAPES, COLORS and
+    BACKGROUNDS. Judges learn from these; the haystack's own oracle stays in its sidecar."""
+    images, appeal, text, shape, color, background = [], [], [], [], [], []
+    colors, backgrounds = list(COLORS), list(BACKGROUNDS)
+    for index in range(start, stop):
+        scene = _draw_scene(_scene_rng(config, index), config)
+        images.append(np.asarray(_render(scene, config.image_size), dtype=np.uint8).transpose(2, 0, 1))
+        appeal.append(oracle_appeal(scene)[0])
+        text.append(bool(scene.text))
+        shape.append(SHAPES.index(scene.shape))
+        color.append(colors.index(scene.color))
+        background.append(backgrounds.index(scene.background))
+    labels = {
+        "appeal": np.asarray(appeal, dtype=np.float32),
+        "text": np.asarray(text, dtype=np.float32),
+        "shape": np.asarray(shape, dtype=np.int64),
+        "color": np.asarray(color, dtype=np.int64),
+        "background": np.asarray(background, dtype=np.int64),
+    }
+    return np.stack(images), labels
 
 
 def iter_world(config: WorldConfig, start: int = 0, stop: int | None = None) -> Iterator[WorldSample]:

@@ -85,8 +85,9 @@ class WorldSource(Source):
 
     def description(self) -> dict[str, Any]:
         from photogenic.config import to_dict
+        from photogenic.world import WORLD_VERSION
 
-        return {"kind": "world", "world": to_dict(self.world)}
+        return {"kind": "world", "world": to_dict(self.world), "renderer": WORLD_VERSION}
 
     def count(self) -> int:
         return self.world.num_samples

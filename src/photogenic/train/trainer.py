@@ -35,8 +35,8 @@ SAMPLE_PROMPTS = (
     "a green triangle on a snow background",
     "a purple ring on a grass background",
     "an orange cross on a stone background",
-    "a pink hexagon on a sky background",
-    "a cyan diamond on a night background",
+    "a pink star on a grass background",
+    "a cyan square on a night background",
 )
 
 
@@ -115,12 +115,14 @@ class Trainer:
     run: Any = None
     progress: bool = True
     name: str = ""
+    judges: str | None = None
     dist: Dist = field(init=False)
     recipe: RecipeConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.recipe = getattr(self.config.train, self.name)
         self.workdir = Path(self.config.workspace, "cache").resolve()
+        self.best: dict[str, Any] = {"score": None, "step": None, "bad": 0, "weights": None, "history": []}
 
     # ------------------------------------------------------------------------------ recipe hooks
 
@@ -135,6 +137,18 @@ class Trainer:
 
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (EMA)."""
+
+    def validation_score(self, step: int) -> float:
+        """The early-stopping criterion (higher is better); recipes with `validate_every` define it."""
+        raise ConfigError(f"recipe {self.name} has no validation criterion; set train.{self.name}.validate_every=0")
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """The weights early stopping keeps when a validation improves (CPU copies)."""
+        raise NotImplementedError
+
+    def load_best_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Make the kept best weights the ones `export` writes."""
+        raise NotImplementedError
 
     def client_state(self) -> dict[str, Any]:
         return {}
@@ -203,7 +217,25 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def _save(self, step: int) -> None:
-        self.checkpoints.save(self.engine, step, {"step": step, **self.client_state()})
+        self.checkpoints.save(self.engine, step, {"step": step, "best": self.best, **self.client_state()})
+
+    def _validate(self, done: int) -> bool:
+        """Score the model, keep its weights if best so far; True when patience has run out."""
+        score = self.validation_score(done)
+        best = self.best
+        best["history"].append((done, score))
+        if best["score"] is None or score > best["score"]:
+            best.update(score=score, step=done, bad=0, weights=self.best_weights())
+        else:
+            best["bad"] += 1
+        log.info(
+            "%s step %d: validation %.4f (best %.4f at step %d)", self.name, done, score, best["score"], best["step"]
+        )
+        if self.dist.is_main and self.run is not None:
+            self.run.log_metrics(
+                {f"{self.name}.validation": score, f"{self.name}.best_validation": best["score"]}, step=done
+            )
+        return best["bad"] >= self.recipe.patience
 
     def train(self) -> TrainResult:
         """Run (or resume) the recipe to `recipe.steps`, then export the model."""
@@ -217,6 +249,7 @@ class Trainer:
         start = 0
         if state is not None:
             start = int(state["step"])
+            self.best = state.get("best", self.best)
             self.load_client_state(state)
         if self.dist.is_main and self.run is not None:
             ds = deepspeed_config(self.config.train, self.recipe, self.name, self.dist.world_size)
@@ -226,7 +259,10 @@ class Trainer:
         loss = float("nan")
         bar = _progress(self.recipe.steps, start, f"{self.name}", self.progress and self.dist.is_main)
         window_start, window_steps = time.perf_counter(), 0
-        for step in range(start, self.recipe.steps):
+        stop, stopped = self.recipe.steps, False
+        if self.recipe.validate_every and self.best["bad"] >= self.recipe.patience:
+            stop, stopped = start, True  # resumed after an early stop
+        for step in range(start, stop):
             loss = self.train_step(step)
             done = step + 1
             window_steps += 1
@@ -247,9 +283,21 @@ class Trainer:
                 self._save(done)
             if self.recipe.sample_every and done % self.recipe.sample_every == 0 and self.dist.is_main:
                 self.log_samples(done)
+            validate = self.recipe.validate_every and (
+                done % self.recipe.validate_every == 0 or done == self.recipe.steps
+            )
+            if validate and self._validate(done):
+                log.info(
+                    "%s: no better validation in %d rounds; stopping at step %d", self.name, self.recipe.patience, done
+                )
+                self._save(done)
+                stopped = True
+                break
         bar.close()
-        if start < self.recipe.steps:
+        if start < stop and not stopped:
             self._save(self.recipe.steps)
+        if self.best["weights"] is not None:
+            self.load_best_weights(self.best["weights"])
         result = self._export(model_uri, start, loss, time.perf_counter() - started)
         torch.distributed.barrier()
         return result
@@ -266,9 +314,16 @@ class Trainer:
                     "recipe": self.name,
                     "steps": self.recipe.steps,
                     "data": self.data.fingerprint,
+                    "data_uri": self.data_uri,
                     "base": self.base,
                     "final_loss": loss,
                 }
+                if self.best["score"] is not None:
+                    meta["early_stopping"] = {
+                        "best_step": self.best["step"],
+                        "best_score": self.best["score"],
+                        "history": self.best["history"],
+                    }
                 manifest_uri, version = publish_model_dir(Path(tmp), model_uri, meta, self.config)
             if self.run is not None:
                 self.run.set_tags(
@@ -455,9 +510,40 @@ class DiffusionTrainer(Trainer):
 
     def _export_unet(self) -> torch.nn.Module:
         unet = _gathered_copy(self.engine)
-        if self.ema is not None:
+        if getattr(self, "_best_state", None) is not None:
+            unet.load_state_dict(self._best_state)
+        elif self.ema is not None:
             self.ema.copy_to(unet.parameters())
         return unet
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self._export_unet().state_dict().items()}
+
+    def load_best_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self._best_state = state
+
+    @torch.no_grad()
+    def validation_score(self, step: int) -> float:
+        """Mean appeal, under the *curation* judges, of images for held-out prompts with fixed seeds (the
+        evaluation judges stay untouched by model selection)."""
+        if not self.judges:
+            raise ConfigError(f"train.{self.name}.validate_every needs --judges: the curation judge set")
+        from photogenic.judges import load_judge
+
+        if not hasattr(self, "_judge"):
+            self._judge = load_judge(self.judges, self.config)
+        pipe = self.pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        prompts = validation_prompts(self.config.train.seed)
+        images = pipe(
+            prompts,
+            num_inference_steps=self.config.evaluate.sampling_steps,
+            guidance_scale=self.config.evaluate.guidance_scale,
+            generator=[torch.Generator().manual_seed(10_000 + i) for i in range(len(prompts))],
+        ).images
+        self.vae.to(self.dist.device)
+        self.text.model.to(self.dist.device)
+        return float(self._judge.score(images)["appeal"].mean())
 
     def pipeline(self) -> Any:
         from photogenic.models.build import sample_scheduler
@@ -494,6 +580,19 @@ class DiffusionTrainer(Trainer):
         self.text.model.to(self.dist.device)
 
 
+def validation_prompts(seed: int, n: int = 16) -> list[str]:
+    """Clean captions of `n` concept combinations drawn with their own seed: early stopping's prompts."""
+    import numpy as np
+
+    from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
+
+    rng = np.random.default_rng([seed, 4_242])
+    return [
+        caption_for(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(BACKGROUNDS))))
+        for _ in range(n)
+    ]
+
+
 RECIPES: dict[str, type[Trainer]] = {
     "autoencoder": AutoencoderTrainer,
     "pretrain": DiffusionTrainer,
@@ -509,6 +608,7 @@ def train(
     base: str | None = None,
     run: Any = None,
     progress: bool = True,
+    judges: str | None = None,
 ) -> TrainResult:
     """Run one training recipe (the function behind `photogenic train RECIPE`).
 
@@ -519,6 +619,7 @@ def train(
         out: the run's URI; default `<store>/runs/<recipe>-<fingerprint of inputs and config>`.
         base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
         run: an optional tracking Run.
+        judges: the curation judge set, for recipes that stop early on judged appeal (`validate_every`).
 
     Returns:
         The exported model's URI and version, the steps, and whether it resumed.
@@ -533,12 +634,13 @@ def train(
                 "base": base,
                 "model": to_dict(config.model),
                 "train": to_dict(config.train),
+                **({"judges": judges} if judges else {}),
             }
         )
         out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
     out = open_store(out, config.storage).root  # absolute: other processes and pods read it
     trainer = RECIPES[recipe](
-        config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe
+        config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe, judges=judges
     )
     result = trainer.train()
     log.info(

@@ -1,0 +1,304 @@
+"""The Emu method on the tiny preset: judges, the curation funnel, quality-tuning with early stopping,
+and the pairwise evaluation. Shared stages are built once per module."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from photogenic.config import Config, ConfigError, load_config
+from photogenic.curate import FILTERS, ReviewNeeded, curate, parse_caption, pixel_features
+from photogenic.data.ingest import ingest
+from photogenic.data.validate import validate
+from photogenic.evaluate import benchmark_prompts, compare, evaluate, export_pairs, import_votes, outcome_table
+from photogenic.judges import load_judge, pairwise_agreement, train_judges
+from photogenic.manifest import ObjectRef, publish, read_manifest
+from photogenic.storage import join_uri, open_store
+from photogenic.train.trainer import train
+from photogenic.world import WorldConfig, labelled_renders
+
+
+def _config(workspace: Path, *overrides: str) -> Config:
+    return load_config("tiny", overrides=[f"workspace={workspace}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A validated tiny world, an autoencoder, a pretrained model and both judge sets."""
+    ws = tmp_path_factory.mktemp("emu-ws")
+    config = _config(ws)
+    data = validate(ingest("world", config, progress=False).manifest_uri, config).manifest_uri
+    ae = train("autoencoder", config, data, progress=False)
+    pretrained = train("pretrain", config, data, base=ae.model_uri, progress=False)
+    judges = {p: train_judges(config, p) for p in ("curation", "evaluation")}
+    return {"ws": ws, "data": data, "pretrained": pretrained.model_uri, "judges": judges}
+
+
+# ------------------------------------------------------------------------------------------ judges
+
+
+def test_judges_publish_validate_reload_and_reuse(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    result = emu["judges"]["evaluation"]
+    assert result.uri != emu["judges"]["curation"].uri  # disjoint sets from different seeds
+    for key in ("appeal_pairwise_agreement", "text_accuracy", "shape_accuracy", "concept_accuracy"):
+        assert 0.0 <= result.metrics[key] <= 1.0
+    judge = load_judge(result.uri, config)
+    images, _ = labelled_renders(WorldConfig(seed=99, num_samples=8), 0, 8)
+    again = load_judge(result.uri, config).score(images)
+    assert np.array_equal(judge.score(images)["appeal"], again["appeal"])
+    assert train_judges(config, "evaluation").reused
+
+
+def test_judge_sets_are_rendered_from_different_seeds(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    meta = {p: load_judge(r.uri, config).meta["train_world"]["seed"] for p, r in emu["judges"].items()}
+    assert meta["curation"] != meta["evaluation"] != config.world.seed
+
+
+def test_pairwise_agreement_counts_only_pairs_beyond_the_margin() -> None:
+    truth = np.array([0.1, 0.2, 0.5, 0.9])
+    assert pairwise_agreement(truth * 2, truth, margin=0.05) == 1.0
+    assert pairwise_agreement(-truth, truth, margin=0.05) == 0.0
+    with pytest.raises(ValueError, match="tie margin"):
+        pairwise_agreement(truth, np.zeros(4), margin=0.05)
+
+
+# ------------------------------------------------------------------------------------------ curation
+
+
+def test_parse_caption_and_pixel_features() -> None:
+    assert parse_caption("photo of a red star against sand") == {"shape": "star", "color": "red", "background": "sand"}
+    assert parse_caption("IMG_1234.JPG") == {}
+    rng = np.random.default_rng(0)
+    flat = np.full((1, 3, 32, 32), 128, dtype=np.uint8)
+    edge = flat.copy()
+    edge[..., 8:24, 8:24] = 240
+    noisy = np.clip(edge.astype(int) + rng.normal(0, 20, edge.shape), 0, 255).astype(np.uint8)
+    f = {name: pixel_features(x) for name, x in (("flat", flat), ("edge", edge), ("noisy", noisy))}
+    assert f["edge"]["sharpness"][0] > f["flat"]["sharpness"][0]
+    assert f["noisy"]["noise"][0] > 10 * max(f["edge"]["noise"][0], 1e-4)
+    assert f["flat"]["clipped"][0] == 0.0
+
+
+def _rejected(uri: str) -> list[dict[str, Any]]:
+    manifest = read_manifest(uri)
+    with manifest.open("rejected.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_the_funnel_accounts_for_every_sample(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    result = curate(emu["data"], emu["judges"]["curation"].uri, config)
+    counts = [n for _, n in result.funnel]
+    assert counts == sorted(counts, reverse=True), result.funnel
+    names = [n for n, _ in result.funnel]
+    assert names[: len(FILTERS) + 2] == ["input", *FILTERS, "balance"]
+    assert names[-3:] == ["generalists", "specialists", "held_out"]
+    manifest = read_manifest(result.manifest_uri)
+    rejected = _rejected(result.manifest_uri)
+    source = read_manifest(emu["data"])
+    assert manifest.counts["input"] == source.counts["clean"]
+    assert manifest.counts["samples"] + len(rejected) == manifest.counts["input"]
+    assert manifest.counts["samples"] == counts[-1] > 0
+    assert all(r["reasons"] and r["stage"] in names for r in rejected)
+    # the QT captions are the clean ones, and held-out concepts are gone
+    from photogenic.data.shards import iter_dataset
+
+    captions = [s["txt"].decode() for s in iter_dataset(manifest)]
+    assert all(c.endswith(" background") and "star" not in c for c in captions)
+    assert curate(emu["data"], emu["judges"]["curation"].uri, config).reused
+
+
+def _with_shuffled_oracle(data_uri: str, seed: int) -> str:
+    """A copy of the dataset's manifest whose oracle sidecar has the verdicts shuffled between keys."""
+    manifest = read_manifest(data_uri)
+    store = manifest.store()
+    with manifest.open("oracle.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    keys = [r["key"] for r in rows]
+    random.Random(seed).shuffle(keys)
+    body = "".join(json.dumps({**r, "key": k}) + "\n" for r, k in zip(rows, keys, strict=True)).encode()
+    ref = ObjectRef.of(store.put_bytes("oracle-shuffled.jsonl", body))
+    objects = tuple(o for o in manifest.objects if o.key != "oracle.jsonl") + (ref,)
+    meta = {**manifest.meta, "sidecars": {**manifest.meta["sidecars"], "oracle": "oracle-shuffled.jsonl"}}
+    copy = dataclasses.replace(manifest, objects=objects, meta=meta)
+    return publish(copy, store.uri("manifest-shuffled.json"))
+
+
+def test_curation_filters_never_see_the_oracle(emu: dict[str, Any], tmp_path: Path) -> None:
+    """Shuffling the oracle sidecar changes who the (simulated) reviewers keep, never what the automatic
+    filters and concept balancing decide."""
+    config = _config(emu["ws"])
+    automatic = {*FILTERS, "balance"}
+    decisions = []
+    for i, data in enumerate((emu["data"], _with_shuffled_oracle(emu["data"], seed=1))):
+        result = curate(data, emu["judges"]["curation"].uri, config, out=str(tmp_path / f"c{i}"))
+        decisions.append(
+            (
+                {
+                    r["key"]: (r["stage"], r["reasons"])
+                    for r in _rejected(result.manifest_uri)
+                    if r["stage"] in automatic
+                },
+                [(n, k) for n, k in result.funnel if n in automatic],
+            )
+        )
+    assert decisions[0] == decisions[1]
+    assert decisions[0][0], "the automatic filters rejected nothing: the test would prove nothing"
+
+
+def test_review_export_then_import(emu: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(emu["ws"], "curate.review=export")
+    out = str(tmp_path / "review")
+    with pytest.raises(ReviewNeeded, match="candidates for review"):
+        curate(emu["data"], emu["judges"]["curation"].uri, config, out=out)
+    candidates = json.loads(Path(out, "candidates.json").read_text())["candidates"]
+    assert candidates and Path(out, "review.html").read_text().count("<img") == len(candidates)
+    chosen = [c for c in candidates if "star" not in c["caption"]][:3]
+    approved = [{"key": chosen[0]["key"], "caption": "a red circle on a sky background"}] + [
+        c["key"] for c in chosen[1:]
+    ]
+    Path(tmp_path, "approved.json").write_text(json.dumps({"approved": approved}))
+    config = _config(emu["ws"], "curate.review=import")
+    result = curate(emu["data"], emu["judges"]["curation"].uri, config, approved=str(tmp_path / "approved.json"))
+    assert result.funnel[-2] == ("review", 3)
+    from photogenic.data.shards import iter_dataset
+
+    kept = {s["__key__"]: s["txt"].decode() for s in iter_dataset(read_manifest(result.manifest_uri))}
+    assert set(kept) <= {c["key"] for c in chosen}
+    assert kept.get(chosen[0]["key"], "a red circle on a sky background") == "a red circle on a sky background"
+    Path(tmp_path, "bad.json").write_text(json.dumps(["no-such-key"]))
+    with pytest.raises(ConfigError, match="no-such-key"):
+        curate(emu["data"], emu["judges"]["curation"].uri, config, approved=str(tmp_path / "bad.json"))
+
+
+def test_simulated_review_needs_an_oracle_and_curation_its_own_judges(emu: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(emu["ws"])
+    manifest = read_manifest(emu["data"])
+    meta = {**manifest.meta, "sidecars": {k: v for k, v in manifest.meta["sidecars"].items() if k != "oracle"}}
+    bare = publish(dataclasses.replace(manifest, meta=meta), manifest.store().uri("manifest-no-oracle.json"))
+    with pytest.raises(ConfigError, match="oracle sidecar"):
+        curate(bare, emu["judges"]["curation"].uri, config, out=str(tmp_path / "x"))
+    with pytest.raises(ConfigError, match="curation needs its own"):
+        curate(emu["data"], emu["judges"]["evaluation"].uri, config, out=str(tmp_path / "y"))
+
+
+# ------------------------------------------------------------------------------------------ quality-tuning
+
+
+def _files(model_uri: str) -> dict[str, str]:
+    return {o.key: o.sha256 for o in read_manifest(join_uri(model_uri, "manifest.json")).objects}
+
+
+def test_quality_tuning_changes_only_the_denoiser_and_stops_early(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    qt_data = curate(emu["data"], emu["judges"]["curation"].uri, config).manifest_uri
+    result = train(
+        "quality_tune", config, qt_data, base=emu["pretrained"], progress=False, judges=emu["judges"]["curation"].uri
+    )
+    before, after = _files(emu["pretrained"]), _files(result.model_uri)
+    frozen = [k for k in before if k.startswith(("vae/", "text_encoder/")) and k.endswith(".safetensors")]
+    frozen += [k for k in before if k.startswith("tokenizer/")]
+    assert len(frozen) == 4 and all(before[k] == after[k] for k in frozen)  # weights and tokenizer, byte for byte
+    for key in (k for k in before if k.startswith(("vae/", "text_encoder/")) and k.endswith("config.json")):
+        a, b = (json.loads(Path(m, key).read_text()) for m in (emu["pretrained"], result.model_uri))
+        assert {**a, "_name_or_path": ""} == {**b, "_name_or_path": ""}  # diffusers records the load path
+    assert before["unet/diffusion_pytorch_model.safetensors"] != after["unet/diffusion_pytorch_model.safetensors"]
+    meta = read_manifest(join_uri(result.model_uri, "manifest.json")).meta
+    history = meta["early_stopping"]["history"]
+    assert [step for step, _ in history] == [1, 2] or len(history) == 1 + config.train.quality_tune.patience
+    assert meta["early_stopping"]["best_score"] == max(score for _, score in history)
+
+
+def test_quality_tuning_with_validation_needs_judges(emu: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(emu["ws"])
+    with pytest.raises(ConfigError, match="--judges"):
+        train("quality_tune", config, emu["data"], base=emu["pretrained"], out=str(tmp_path / "r"), progress=False)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def test_benchmark_covers_every_concept_and_flags_held_out_ones(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    prompts = benchmark_prompts(config)
+    from photogenic.world import COLORS, SHAPES
+
+    assert {(p.shape, p.color) for p in prompts} == {(s, c) for s in SHAPES for c in COLORS}
+    assert any(p.paraphrase for p in prompts) and all(p.held_out == ("star" in p.text) for p in prompts)
+    assert len({p.text for p in prompts}) == len(prompts)
+
+
+def test_outcome_table_and_compare_count_wins_ties_and_losses(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    outcomes = np.array([1, 1, 1, 0, -1, 1])
+    table = outcome_table(outcomes, np.arange(6), samples=500)
+    assert table["win"] == pytest.approx(4 / 6) and table["tie"] == pytest.approx(1 / 6)
+    assert table["win_lo"] <= table["win"] <= table["win_hi"]
+    prompts = benchmark_prompts(config)[:4]
+    a = np.array([0.9, 0.5, 0.5, 0.1])
+    tables, rows = compare(a, a - 0.2, np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]), prompts, 1, config, 0.05)
+    assert tables["appeal"]["win"] == 1.0
+    assert (tables["faithfulness"]["win"], tables["faithfulness"]["tie"], tables["faithfulness"]["loss"]) == (
+        0.25,
+        0.5,
+        0.25,
+    )
+    assert [r["appeal"] for r in rows] == [1, 1, 1, 1]
+
+
+def test_a_model_against_itself_ties(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    result = evaluate(emu["pretrained"], emu["pretrained"], emu["judges"]["evaluation"].uri, config)
+    m = result.metrics
+    assert m["appeal_tie"] == 1.0 and m["faithfulness_tie"] == 1.0
+    assert not result.trustworthy  # the tiny judges are far below the agreement bar, and the report says so
+    report = Path(result.report_uri).read_text()
+    assert "NOT TRUSTWORTHY" in report and report.count("<img") >= 1
+
+
+def test_evaluation_refuses_the_curation_judges(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    with pytest.raises(ConfigError, match="evaluation judges"):
+        evaluate(emu["pretrained"], emu["pretrained"], emu["judges"]["curation"].uri, config)
+
+
+def test_store_layout_of_an_evaluation(emu: dict[str, Any]) -> None:
+    config = _config(emu["ws"])
+    result = evaluate(emu["pretrained"], emu["pretrained"], emu["judges"]["evaluation"].uri, config)
+    assert result.reused
+    names = {o.key for o in read_manifest(result.manifest_uri).objects}
+    n = len(benchmark_prompts(config)) * config.evaluate.seeds_per_prompt
+    assert {"results.json", "report.html", "side_by_side.png"} <= names
+    assert sum(k.startswith("images/") for k in names) == 2 * n
+    doc = json.loads(open_store(result.manifest_uri.rsplit("/", 1)[0]).get_bytes("results.json"))
+    assert len(doc["pairs"]) == n
+
+
+def test_human_votes_round_trip(emu: dict[str, Any], tmp_path: Path) -> None:
+    """Export pairs for raters with sides shuffled, vote as a rater who always prefers A, import: the
+    table credits A every time, whatever side it was shown on."""
+    config = _config(emu["ws"])
+    result = evaluate(emu["pretrained"], emu["pretrained"], emu["judges"]["evaluation"].uri, config)
+    folder = export_pairs(result.manifest_uri, tmp_path / "raters", config)
+    doc = json.loads((folder / "pairs.json").read_text())
+    assert {s["left"] for s in doc["_sides"].values()} == {"a", "b"}  # both orders occur
+    assert all((folder / p["left"]).exists() and (folder / p["right"]).exists() for p in doc["pairs"])
+    votes = []
+    for p in doc["pairs"]:
+        a_side = "left" if doc["_sides"][str(p["pair"])]["left"] == "a" else "right"
+        votes.append({"pair": p["pair"], "appeal": a_side, "faithfulness": "both" if p["pair"] % 2 else a_side})
+    tables = import_votes(folder / "pairs.json", votes, config)
+    assert tables["appeal"]["win"] == 1.0 and tables["appeal"]["loss"] == 0.0
+    assert 0 < tables["faithfulness"]["tie"] < 1 and tables["faithfulness"]["loss"] == 0.0
+    with pytest.raises(ConfigError, match="unknown pair"):
+        import_votes(folder / "pairs.json", [{"pair": 10**6, "appeal": "left", "faithfulness": "both"}], config)
+    with pytest.raises(ConfigError, match="appeal vote"):
+        import_votes(folder / "pairs.json", [{"pair": 0, "appeal": "up", "faithfulness": "both"}], config)
