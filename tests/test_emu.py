@@ -302,3 +302,150 @@ def test_human_votes_round_trip(emu: dict[str, Any], tmp_path: Path) -> None:
         import_votes(folder / "pairs.json", [{"pair": 10**6, "appeal": "left", "faithfulness": "both"}], config)
     with pytest.raises(ConfigError, match="appeal vote"):
         import_votes(folder / "pairs.json", [{"pair": 0, "appeal": "up", "faithfulness": "both"}], config)
+
+
+# ------------------------------------------------------------------------------------------ existing models
+
+
+def _tiny_clip_tokenizer(folder: Path) -> Any:
+    """A real CLIP BPE tokenizer over a tiny hand-written vocabulary (no hub access)."""
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = ["a", "red", "blue", "circle", "square", "on", "sky", "sand", "background", "star", "of"]
+    chars = sorted({c for w in words for c in w})
+    vocab = chars + [f"{c}</w>" for c in chars] + [f"{w}</w>" for w in words]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def _tiny_sd15(folder: Path) -> Path:
+    """A randomly initialised Stable Diffusion 1.5-layout pipeline at 32 px, saved with save_pretrained."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=64)
+    )
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        unet=unet,
+        text_encoder=text,
+        tokenizer=_tiny_clip_tokenizer(folder.parent / "tok"),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _tiny_clip_judges(folder: Path) -> tuple[Path, Path]:
+    """A random CLIP (with processor) and a random LAION-layout aesthetic MLP saved as a .pth."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from photogenic.judges import AestheticMLP
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "vocab_size": 64,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_attention_heads": 2,
+            "num_hidden_layers": 1,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder / "clip")
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=_tiny_clip_tokenizer(folder / "tok")).save_pretrained(
+        folder / "clip"
+    )
+    torch.save(AestheticMLP(16).state_dict(), folder / "aesthetic.pth")
+    return folder / "clip", folder / "aesthetic.pth"
+
+
+def test_existing_sd15_model_is_quality_tuned_and_evaluated_with_clip_judges(
+    emu: dict[str, Any], tmp_path: Path
+) -> None:
+    """The path for users' own models: import a Stable Diffusion 1.5-layout folder, quality-tune it with its
+    own text encoder and tokenizer, export it in its own pipeline class, and evaluate it with imported
+    real-image judges (aesthetic MLP on CLIP embeddings, CLIP score). Everything is randomly initialised
+    and built here: no hub access."""
+    from diffusers import StableDiffusionPipeline
+
+    from photogenic.judges import ClipJudge, import_clip_judges
+    from photogenic.train.trainer import import_model
+
+    config = _config(emu["ws"], "train.quality_tune.validate_every=0")
+    base = str(tmp_path / "store" / "sd15")
+    import_model(str(_tiny_sd15(tmp_path / "sd15-src")), base, config)
+    qt_data = curate(emu["data"], emu["judges"]["curation"].uri, config).manifest_uri
+    tuned = train("quality_tune", config, qt_data, base=base, out=str(tmp_path / "qt"), progress=False)
+    before, after = _files(base), _files(tuned.model_uri)
+    assert before["text_encoder/model.safetensors"] == after["text_encoder/model.safetensors"]
+    assert before["unet/diffusion_pytorch_model.safetensors"] != after["unet/diffusion_pytorch_model.safetensors"]
+    pipe = StableDiffusionPipeline.from_pretrained(tuned.model_uri, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(["a red circle"], num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 3)
+
+    clip, mlp = _tiny_clip_judges(tmp_path / "judge-src")
+    judges = import_clip_judges(str(clip), str(mlp), str(tmp_path / "store" / "clip-judges"), config)
+    judge = load_judge(judges.rsplit("/", 1)[0], config)
+    assert isinstance(judge, ClipJudge)
+    result = evaluate(tuned.model_uri, base, judges.rsplit("/", 1)[0], config, out=str(tmp_path / "eval"))
+    m = result.metrics
+    assert m["appeal_win"] + m["appeal_tie"] + m["appeal_loss"] == pytest.approx(1.0)
+    assert m["faithfulness_mean_a"] >= 0 and not result.trustworthy
+    assert "NOT VALIDATED" in Path(result.report_uri).read_text()
+
+
+def test_import_refuses_what_is_not_a_text_to_image_model(emu: dict[str, Any], tmp_path: Path) -> None:
+    from photogenic.manifest import ManifestError
+    from photogenic.train.trainer import import_model
+
+    config = _config(emu["ws"])
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "model_index.json").write_text("{}")
+    (tmp_path / "half" / "unet").mkdir()
+    with pytest.raises(ManifestError, match="lacks vae, text_encoder, tokenizer, scheduler"):
+        import_model(str(tmp_path / "half"), str(tmp_path / "out"), config)
+    with pytest.raises(ManifestError, match="no model_index.json"):
+        import_model(str(tmp_path / "store"), str(tmp_path / "out"), config)

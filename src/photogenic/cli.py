@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import sys
@@ -324,6 +325,20 @@ def judges_train_cmd(config: Config, purpose: str, out: str | None, parent_run_i
         _echo_result(train_judges(config, purpose, out=out, run=run))  # type: ignore[arg-type]
 
 
+@judges_group.command("import")
+@click.option("--clip", "clip_path", required=True, help="A CLIP model folder (transformers CLIPModel + processor).")
+@click.option("--aesthetic", required=True, help="LAION-style aesthetic MLP weights (.safetensors or .pth).")
+@click.option("--out", required=True, help="Judge set URI in the store.")
+@click.option("--purpose", type=click.Choice(["curation", "evaluation"]), default="evaluation")
+@config_options
+@_friendly_errors
+def judges_import_cmd(config: Config, clip_path: str, aesthetic: str, out: str, purpose: str) -> None:
+    """Register judges for real images: aesthetic MLP on CLIP image embeddings, and CLIP score."""
+    from photogenic.judges import import_clip_judges
+
+    click.echo(import_clip_judges(clip_path, aesthetic, out, config, purpose))  # type: ignore[arg-type]
+
+
 @main.command("curate")
 @click.option("--data", "-d", "data_uri", required=True, help="Manifest URI of the validated dataset.")
 @click.option("--judges", required=True, help="The curation judge set (`photogenic judges train --purpose curation`).")
@@ -365,6 +380,25 @@ def evaluate_cmd(
         _echo_result(evaluate(model_a, model_b, judges, config, out=out, run=run))
 
 
+@main.group("model")
+def model_group() -> None:
+    """Models in the store."""
+
+
+@model_group.command("import")
+@click.argument("src")
+@click.option("--out", required=True, help="Model URI in the store, e.g. s3://bucket/photogenic/models/sd15.")
+@config_options
+@_friendly_errors
+def model_import_cmd(config: Config, src: str, out: str) -> None:
+    """Import an existing diffusers model (Stable Diffusion 1.5 layout) from a folder or store prefix,
+    to quality-tune and evaluate it like a pretrained one."""
+    from photogenic.train.trainer import import_model
+
+    manifest_uri, version = import_model(src, out, config)
+    click.echo(json.dumps({"model_uri": out, "manifest_uri": manifest_uri, "fingerprint": version}, indent=2))
+
+
 @main.command("generate")
 @click.option("--model", "-m", "model_uri", required=True, help="An exported model (local path or s3:// URI).")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt; repeat for several.")
@@ -388,12 +422,10 @@ def generate_cmd(
 
     import torch
 
-    from photogenic.models.pipeline import PhotogenicPipeline, image_grid
+    from photogenic.models.pipeline import image_grid, load_pipeline
     from photogenic.train.trainer import load_model_dir
 
-    local = load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve())
-    pipe = PhotogenicPipeline.from_pretrained(local)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve()))
     images = []
     for prompt in prompts:
         gens = [torch.Generator().manual_seed(i) for i in range(count)]

@@ -269,6 +269,9 @@ class EvaluateConfig:
     sampling_steps: int = doc("Sampler steps per image.", 25, ge=1)
     guidance_scale: float = doc("Classifier-free guidance scale.", 3.0, ge=0)
     tie_margin: float = doc("Appeal scores closer than this count as a tie.", 0.02, ge=0)
+    clip_score_margin: float = doc(
+        "With real-image (CLIP) judges: CLIP scores closer than this count as a faithfulness tie.", 1.0, ge=0
+    )
     bootstrap_samples: int = doc("Bootstrap resamples for the 95% intervals.", 2_000, ge=100)
     min_judge_agreement: float = doc(
         "Below this pairwise agreement with the oracle the report calls the result untrustworthy.", 0.9, ge=0, le=1

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
-from photogenic.judges import CONCEPTS, Judge, load_judge
+from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge
 from photogenic.manifest import Manifest, ObjectRef, publish, read_manifest, reusable
 from photogenic.storage import join_uri, open_store
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
@@ -92,13 +92,10 @@ def benchmark_prompts(config: Config) -> list[Prompt]:
 
 
 def _load_pipeline(uri: str, config: Config) -> Any:
-    from photogenic.models.pipeline import PhotogenicPipeline
+    from photogenic.models.pipeline import load_pipeline
     from photogenic.train.trainer import load_model_dir
 
-    local = load_model_dir(uri, Path(config.workspace, "cache", "models").resolve())
-    pipe = PhotogenicPipeline.from_pretrained(local)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return load_pipeline(load_model_dir(uri, Path(config.workspace, "cache", "models").resolve()))
 
 
 @torch.no_grad()
@@ -157,6 +154,10 @@ class EvaluateResult:
     reused: bool = False
 
 
+def _outcomes(a: np.ndarray, b: np.ndarray, margin: float) -> np.ndarray:
+    return np.where(a - b > margin, 1, np.where(b - a > margin, -1, 0))
+
+
 def compare(
     appeal_a: np.ndarray,
     appeal_b: np.ndarray,
@@ -166,10 +167,13 @@ def compare(
     seeds: int,
     config: Config,
     tie_margin: float,
+    faith_margin: float = 0.0,
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Outcome tables (overall, held-out, per shape and colour) and per-pair rows."""
-    appeal = np.where(appeal_a - appeal_b > tie_margin, 1, np.where(appeal_b - appeal_a > tie_margin, -1, 0))
-    faith = faithful_a.astype(int) - faithful_b.astype(int)
+    """Outcome tables (overall, held-out, per shape and colour) and per-pair rows. Faithfulness is either
+    right/wrong per image (the paper's rule: both right or both wrong is a tie) or a score per image
+    (CLIP score) compared with `faith_margin`."""
+    appeal = _outcomes(appeal_a, appeal_b, tie_margin)
+    faith = _outcomes(faithful_a.astype(float), faithful_b.astype(float), faith_margin)
     asked = [p for p in prompts for _ in range(seeds)]
     groups = np.array([i for i in range(len(prompts)) for _ in range(seeds)])
     held = np.array([p.held_out for p in asked])
@@ -195,8 +199,8 @@ def compare(
             "appeal_a": float(appeal_a[i]),
             "appeal_b": float(appeal_b[i]),
             "appeal": int(appeal[i]),
-            "faithful_a": bool(faithful_a[i]),
-            "faithful_b": bool(faithful_b[i]),
+            "faithful_a": faithful_a[i].item(),
+            "faithful_b": faithful_b[i].item(),
             "faithfulness": int(faith[i]),
         }
         for i, (p, s) in enumerate((p, s) for p in prompts for s in _seed_list(config))
@@ -267,10 +271,23 @@ def evaluate(
     for name, uri in (("a", a), ("b", b)):
         images[name] = generate(_load_pipeline(uri, config), prompts, seeds, config)
     scores = {k: judge.score(v) for k, v in images.items()}
-    faithful = {k: _faithful(judge, scores[k], prompts, len(seeds)) for k in images}
-    margin = calibrated_tie_margin(judge, config)
+    if isinstance(judge, ClipJudge):  # real images: CLIP score against the prompt, compared with a margin
+        texts = [p.text for p in prompts for _ in seeds]
+        faithful = {k: judge.clip_score(images[k], texts) for k in images}
+        margin, faith_margin = config.evaluate.tie_margin, config.evaluate.clip_score_margin
+    else:
+        faithful = {k: _faithful(judge, scores[k], prompts, len(seeds)) for k in images}
+        margin, faith_margin = calibrated_tie_margin(judge, config), 0.0
     tables, rows = compare(
-        scores["a"]["appeal"], scores["b"]["appeal"], faithful["a"], faithful["b"], prompts, len(seeds), config, margin
+        scores["a"]["appeal"],
+        scores["b"]["appeal"],
+        faithful["a"],
+        faithful["b"],
+        prompts,
+        len(seeds),
+        config,
+        margin,
+        faith_margin,
     )
     validity = judge.meta.get("metrics", {})
     agreement = min(validity.get("appeal_pairwise_agreement", 0.0), validity.get("concept_accuracy", 0.0))
@@ -325,7 +342,7 @@ def _metrics(
             out[f"{table.replace('/', '_')}_{k}"] = v
     for name in ("a", "b"):
         out[f"mean_appeal_{name}"] = float(scores[name]["appeal"].mean())
-        out[f"concept_accuracy_{name}"] = float(faithful[name].mean())
+        out[f"faithfulness_mean_{name}"] = float(faithful[name].mean())  # concept accuracy, or CLIP score
     out.update({f"judge_{k}": float(v) for k, v in validity.items()})
     out.update(tie_margin=margin, trustworthy=float(trustworthy))
     return out
@@ -399,13 +416,19 @@ def report_html(
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px}"
     )
-    verdict = (
-        "<p style='color:#070'>Judges agree with the oracle on held-out renders "
-        f"(bar {config.evaluate.min_judge_agreement}).</p>"
-        if trustworthy
-        else f"<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the judges agree with the oracle less than "
-        f"{config.evaluate.min_judge_agreement} on held-out renders.</p>"
-    )
+    bar = config.evaluate.min_judge_agreement
+    if not validity:
+        verdict = (
+            "<p style='color:#b00'><b>NOT VALIDATED:</b> imported real-image judges have no oracle to agree with; "
+            "export the pairs for human raters (`export_pairs`) and compare their votes.</p>"
+        )
+    elif trustworthy:
+        verdict = f"<p style='color:#070'>Judges agree with the oracle on held-out renders (bar {bar}).</p>"
+    else:
+        verdict = (
+            "<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the judges agree with the oracle less than "
+            f"{bar} on held-out renders.</p>"
+        )
     judge_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in sorted(validity.items()))
     main = ["appeal", "faithfulness", "appeal/seen", "faithfulness/seen", "appeal/held_out", "faithfulness/held_out"]
     per = sorted(k for k in tables if k.count("/") == 2)

@@ -41,6 +41,9 @@ __all__ = [
     "JudgeResult",
     "judge_world",
     "load_judge",
+    "ClipJudge",
+    "AestheticMLP",
+    "import_clip_judges",
     "pairwise_agreement",
     "train_judges",
     "validate_judge",
@@ -319,8 +322,9 @@ def _log(run: Any, result: JudgeResult) -> None:
         run.log_metrics({f"judge_{result.purpose}/{k}": v for k, v in result.metrics.items()})
 
 
-def load_judge(uri: str, config: Config | None = None) -> Judge:
-    """Load a judge set from its folder or manifest URI, verifying checksums."""
+def load_judge(uri: str, config: Config | None = None) -> Judge | ClipJudge:
+    """Load a judge set from its folder or manifest URI, verifying checksums: ours (trained on renders)
+    or an imported CLIP + aesthetic-MLP pair for real images."""
     storage = config.storage if config is not None else None
     manifest_uri = uri if uri.endswith(".json") else join_uri(uri, "manifest.json")
     manifest = read_manifest(manifest_uri, storage)
@@ -328,9 +332,138 @@ def load_judge(uri: str, config: Config | None = None) -> Judge:
         raise ConfigError(f"{uri} holds a {manifest.kind}, not a judge set")
     store = manifest.store(storage)
     meta = json.loads(store.get_bytes("judge.json", sha256=manifest.ref("judge.json").sha256))
+    if meta.get("kind") == "clip":
+        return _load_clip_judge(manifest, meta, storage)
     with tempfile.TemporaryDirectory() as tmp:
         store.get_file("judge.pt", Path(tmp, "judge.pt"), sha256=manifest.ref("judge.pt").sha256)
         state = torch.load(Path(tmp, "judge.pt"), map_location="cpu", weights_only=True)
     net = JudgeNet(int(meta["width"]), {k: len(v) for k, v in meta["concepts"].items()})
     net.load_state_dict(state)
     return Judge(net.eval(), meta)
+
+
+# ------------------------------------------------------------------------------------------------
+# Judges for real images: a LAION-style aesthetic predictor on CLIP image embeddings, and CLIP score.
+# ------------------------------------------------------------------------------------------------
+
+
+class AestheticMLP(nn.Module):
+    """The layout of LAION's improved aesthetic predictor: an MLP from a normalised CLIP image embedding
+    to a score (about 1-10 on their data). Its state dict keys are `layers.N.weight` / `layers.N.bias`."""
+
+    def __init__(self, dim: int = 768) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
+        )
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.layers(embeddings).squeeze(-1)
+
+
+@dataclass
+class ClipJudge:
+    """Appeal from the aesthetic MLP, faithfulness from CLIP score (100 x cosine of image and prompt)."""
+
+    clip: Any
+    processor: Any
+    aesthetic: AestheticMLP
+    meta: dict[str, Any]
+
+    @torch.no_grad()
+    def _image_embeddings(self, images: list[Any]) -> torch.Tensor:
+        pixels = self.processor(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
+        return F.normalize(_projected(self.clip.get_image_features(pixel_values=pixels)), dim=-1)
+
+    @torch.no_grad()
+    def score(self, images: list[Any], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """`appeal`: the aesthetic MLP's score of each image."""
+        out = [
+            self.aesthetic(self._image_embeddings(images[i : i + batch_size])).numpy()
+            for i in range(0, len(images), batch_size)
+        ]
+        return {"appeal": np.concatenate(out)}
+
+    @torch.no_grad()
+    def clip_score(self, images: list[Any], prompts: list[str], batch_size: int = 64) -> np.ndarray:
+        """CLIP score of each image against its prompt: 100 x cosine similarity, floored at 0."""
+        scores = []
+        for i in range(0, len(images), batch_size):
+            image = self._image_embeddings(images[i : i + batch_size])
+            tokens = self.processor(
+                text=prompts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True
+            )
+            text = F.normalize(_projected(self.clip.get_text_features(**tokens)), dim=-1)
+            scores.append((100 * (image * text).sum(-1)).clamp(min=0).numpy())
+        return np.concatenate(scores)
+
+
+def _projected(features: Any) -> torch.Tensor:
+    """CLIP's projected embedding: transformers 5 returns it as the output's `pooler_output`, 4 as a tensor."""
+    return features if isinstance(features, torch.Tensor) else features.pooler_output
+
+
+def import_clip_judges(
+    clip_path: str, aesthetic_path: str, out: str, config: Config, purpose: Purpose = "evaluation"
+) -> str:
+    """Register real-image judges: a CLIP model folder (transformers `CLIPModel` + processor files) and the
+    aesthetic MLP's weights (`.safetensors`, or a PyTorch `.pth` state dict), each a local path or store
+    URI. Returns the judge set's manifest URI."""
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPModel, CLIPProcessor
+
+    from photogenic.storage import split_parent
+
+    with tempfile.TemporaryDirectory(prefix="photogenic-judges-") as tmp:
+        local = Path(tmp)
+        source = open_store(clip_path, config.storage)
+        for info in source.list():
+            source.get_file(info.key, local / "clip" / info.key)
+        parent, name = split_parent(aesthetic_path)
+        weights = open_store(parent, config.storage).get_file(name, local / "download" / name)
+        if name.endswith(".safetensors"):
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            clip = CLIPModel.from_pretrained(local / "clip")
+            CLIPProcessor.from_pretrained(local / "clip")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{clip_path} is not a CLIP model folder with its processor: {exc}") from exc
+        mlp = AestheticMLP(clip.config.projection_dim)
+        try:
+            mlp.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"{aesthetic_path} does not hold a LAION-style aesthetic MLP for this CLIP: {exc}"
+            ) from exc
+        save_file({k: v.contiguous() for k, v in state.items()}, str(local / "aesthetic.safetensors"))
+        meta = {"kind": "clip", "purpose": purpose, "clip": clip_path, "aesthetic": aesthetic_path, "metrics": {}}
+        (local / "judge.json").write_text(json.dumps(meta, indent=2))
+        store = open_store(out, config.storage)
+        files = sorted(p for p in local.rglob("*") if p.is_file() and "download" not in p.parts)
+        refs = tuple(ObjectRef.of(store.put_file(p.relative_to(local).as_posix(), p)) for p in files)
+    manifest = Manifest(kind="judge", root=store.root, objects=refs, config=to_dict(config), meta=meta)
+    return publish(manifest, store.uri("manifest.json"), config.storage)
+
+
+def _load_clip_judge(manifest: Manifest, meta: dict[str, Any], storage: Any) -> ClipJudge:
+    from safetensors.torch import load_file
+    from transformers import CLIPModel, CLIPProcessor
+
+    store = manifest.store(storage)
+    with tempfile.TemporaryDirectory() as tmp:
+        for ref in manifest.objects:
+            store.get_file(ref.key, Path(tmp, ref.key), sha256=ref.sha256)
+        clip = CLIPModel.from_pretrained(Path(tmp, "clip")).eval()
+        processor = CLIPProcessor.from_pretrained(Path(tmp, "clip"))
+        mlp = AestheticMLP(clip.config.projection_dim)
+        mlp.load_state_dict(load_file(str(Path(tmp, "aesthetic.safetensors"))))
+    return ClipJudge(clip, processor, mlp.eval(), meta)

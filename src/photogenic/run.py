@@ -27,12 +27,10 @@ def sample_grid(model_uri: str, config: Config, path: Path) -> Path:
     """A grid of the fixed sample prompts (rows) and seeds 0..3 (columns) from an exported model."""
     import torch
 
-    from photogenic.models.pipeline import PhotogenicPipeline, image_grid
+    from photogenic.models.pipeline import image_grid, load_pipeline
     from photogenic.train.trainer import SAMPLE_PROMPTS, load_model_dir
 
-    local = load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve())
-    pipe = PhotogenicPipeline.from_pretrained(local)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve()))
     images = []
     for prompt in SAMPLE_PROMPTS:
         gens = [torch.Generator().manual_seed(seed) for seed in range(4)]

@@ -9,7 +9,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
 
-__all__ = ["PhotogenicPipeline", "image_grid"]
+__all__ = ["PhotogenicPipeline", "image_grid", "load_pipeline", "pipeline_class"]
 
 
 class PhotogenicPipeline(DiffusionPipeline):
@@ -84,6 +84,28 @@ class PhotogenicPipeline(DiffusionPipeline):
         if output_type == "np":
             return ImagePipelineOutput(images=array)
         return ImagePipelineOutput(images=[Image.fromarray((a * 255).round().astype(np.uint8)) for a in array])
+
+
+def pipeline_class(model_dir: Any) -> str:
+    """The pipeline class a diffusers folder names in its `model_index.json`."""
+    import json
+    from pathlib import Path
+
+    return str(json.loads(Path(model_dir, "model_index.json").read_text())["_class_name"])
+
+
+def load_pipeline(model_dir: Any) -> DiffusionPipeline:
+    """Load any diffusers text-to-image folder: ours, or a Stable Diffusion layout (unet, vae,
+    text_encoder, tokenizer, scheduler), without its safety checker."""
+    name = pipeline_class(model_dir)
+    if name == "PhotogenicPipeline":
+        pipe = PhotogenicPipeline.from_pretrained(model_dir)
+    elif name.startswith("StableDiffusion"):
+        pipe = DiffusionPipeline.from_pretrained(model_dir, safety_checker=None, requires_safety_checker=False)
+    else:
+        pipe = DiffusionPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def image_grid(images: list[Image.Image], columns: int, scale: int = 1) -> Image.Image:

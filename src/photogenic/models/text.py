@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["TextEncoder", "load_text_encoder", "minilm_path"]
+__all__ = ["TextEncoder", "load_text_encoder", "minilm_path", "text_encoder_of"]
 
 
 def minilm_path() -> Path:
@@ -25,6 +25,7 @@ class TextEncoder:
     tokenizer: Any
     model: Any
     max_tokens: int
+    mask_padding: bool = True
 
     @property
     def dim(self) -> int:
@@ -35,6 +36,8 @@ class TextEncoder:
         tokens = self.tokenizer(
             captions, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
         ).to(device)
+        if not self.mask_padding:  # as Stable Diffusion's pipelines encode: the ids alone, padding kept
+            return self.model(tokens["input_ids"]).last_hidden_state
         hidden = self.model(**tokens).last_hidden_state
         # Padding positions carry no meaning; zero them so cross-attention sees the same thing for
         # a caption whatever the padding length.
@@ -52,3 +55,14 @@ def load_text_encoder(name_or_path: str, max_tokens: int, device: torch.device |
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModel.from_pretrained(path).to(device).eval().requires_grad_(False)
     return TextEncoder(tokenizer=tokenizer, model=model, max_tokens=max_tokens)
+
+
+def text_encoder_of(model_dir: Path, device: torch.device | str = "cpu", mask_padding: bool = True) -> TextEncoder:
+    """The frozen encoder a diffusers model folder carries (`text_encoder/` and `tokenizer/`), with the
+    tokenizer's own caption length. `mask_padding=False` for Stable Diffusion layouts, whose pipelines
+    condition on the padded states."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir / "tokenizer")
+    model = AutoModel.from_pretrained(model_dir / "text_encoder").to(device).eval().requires_grad_(False)
+    return TextEncoder(tokenizer, model, int(min(tokenizer.model_max_length, 512)), mask_padding)

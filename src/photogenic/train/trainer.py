@@ -94,6 +94,35 @@ def publish_model_dir(local: Path, out_uri: str, meta: dict[str, Any], config: C
     return uri, manifest.fingerprint
 
 
+_DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def import_model(src: str, out: str, config: Config) -> tuple[str, str]:
+    """Bring an existing diffusers text-to-image model (a folder or store prefix in the Stable Diffusion
+    1.5 layout: unet, vae, text_encoder, tokenizer, scheduler) into the store with a manifest, so that
+    every stage takes it as a model URI. Returns (manifest URI, version).
+
+    Raises:
+        ManifestError: `src` is not such a folder (the message names what is missing).
+    """
+    from photogenic.models.pipeline import pipeline_class
+
+    source = open_store(src, config.storage)
+    with tempfile.TemporaryDirectory(prefix="photogenic-import-") as tmp:
+        local = Path(tmp)
+        for info in source.list():
+            source.get_file(info.key, local / info.key)
+        if not (local / "model_index.json").exists():
+            raise ManifestError(f"{src} is not a diffusers model folder: no model_index.json")
+        missing = [p for p in _DIFFUSERS_PARTS if not (local / p).is_dir()]
+        if missing:
+            raise ManifestError(
+                f"{src} lacks {', '.join(missing)}: a text-to-image model needs {', '.join(_DIFFUSERS_PARTS)}"
+            )
+        meta = {"recipe": "import", "imported_from": src, "pipeline": pipeline_class(local)}
+        return publish_model_dir(local, out, meta, config)
+
+
 @dataclass
 class Trainer:
     """The loop, checkpoints, tracking and export; recipes override `build_model`, `prepare`,
@@ -164,7 +193,7 @@ class Trainer:
         return {
             "recipe": self.name,
             "model": fingerprint(to_dict(self.config.model)),
-            "image_size": self.config.world.image_size,
+            "image_size": self.image_size,
             "zero_stage": zero_stage(self.config.train, self.dist.world_size),
             "world_size": self.dist.world_size,
         }
@@ -175,15 +204,16 @@ class Trainer:
         self.dist = setup_distributed()
         torch.manual_seed(self.config.train.seed)  # the same initial weights on every rank
         self.micro = micro_batch_size(self.recipe, self.dist.world_size, self.name)
+        self.image_size = self.config.world.image_size
+        self.model = self.build_model().to(self.dist.device)  # may set the image size of a given model
         self.data = load_rank_data(
             self.data_uri,
             self.dist.rank,
             self.dist.world_size,
             self.workdir / "shards",
             self.config.storage,
-            self.config.world.image_size,
+            self.image_size,
         )
-        self.model = self.build_model().to(self.dist.device)
         self.prepare(self.data)
         self.engine, self.optimizer, self.scheduler = wrap(
             self.model, self.config.train, self.recipe, self.name, self.dist.world_size
@@ -423,28 +453,39 @@ class DiffusionTrainer(Trainer):
     """Latent diffusion: pretraining on the haystack, quality-tuning on the needles.
 
     The autoencoder and text encoder are frozen and live outside the DeepSpeed engine, so ZeRO-3
-    never partitions them. Latents are computed once (the autoencoder's mean), captions on the fly.
+    never partitions them. Latents are computed once (the autoencoder's mean), and so are the states of
+    each distinct caption.
     """
 
     def build_model(self) -> torch.nn.Module:
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        """From an autoencoder export: a new U-Net on the configured text encoder (pretraining). From a
+        full model (ours, or a Stable Diffusion layout): its own U-Net, text encoder, tokenizer and noise
+        schedule, at its own resolution (quality-tuning)."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
         from photogenic.models import build_unet, latent_size, load_text_encoder, noise_scheduler
+        from photogenic.models.pipeline import pipeline_class
+        from photogenic.models.text import text_encoder_of
 
         if not self.base:
             raise ConfigError(f"train {self.name} needs --base: the exported autoencoder (or the pretrained model)")
         base = load_model_dir(self.base, self.workdir / "models")
+        self.base_dir = base
         self.vae = AutoencoderKL.from_pretrained(base / "vae").to(self.dist.device).eval().requires_grad_(False)
-        self.text = load_text_encoder(
-            self.config.model.text_encoder, self.config.model.max_caption_tokens, self.dist.device
-        )
-        self.noise = noise_scheduler(self.config.model)
-        if (base / "unet").exists():  # quality-tuning continues the pretrained denoiser
-            unet = UNet2DConditionModel.from_pretrained(base / "unet")
-        else:
-            unet = build_unet(
-                self.config.model, latent_size(self.config.model, self.config.world.image_size), self.text.dim
+        if not (base / "unet").exists():
+            self.pipeline_class = "PhotogenicPipeline"
+            self.text = load_text_encoder(
+                self.config.model.text_encoder, self.config.model.max_caption_tokens, self.dist.device
             )
+            self.noise = noise_scheduler(self.config.model)
+            size = latent_size(self.config.model, self.config.world.image_size)
+            return build_unet(self.config.model, size, self.text.dim)
+        self.pipeline_class = pipeline_class(base)
+        ours = self.pipeline_class == "PhotogenicPipeline"
+        self.text = text_encoder_of(base, self.dist.device, mask_padding=ours)
+        self.noise = DDPMScheduler.from_config(DDPMScheduler.load_config(base / "scheduler"))
+        unet = UNet2DConditionModel.from_pretrained(base / "unet")
+        self.image_size = unet.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
         return unet
 
     @torch.no_grad()
@@ -460,6 +501,7 @@ class DiffusionTrainer(Trainer):
                 model_cls=UNet2DConditionModel,
                 model_config=self.model.config,
             )
+        self._cache_captions(data)
         factor = self.vae.config.scaling_factor
         chunks = []
         for start in range(0, len(data), 256):
@@ -467,22 +509,39 @@ class DiffusionTrainer(Trainer):
             chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
         self.latents = torch.cat(chunks)
 
+    @torch.no_grad()
+    def _cache_captions(self, data: RankData) -> None:
+        """Encode each distinct caption once (the encoder is frozen): the world's 20,000 captions have
+        about 3,000 distinct ones. Beyond `_CAPTION_CACHE_MAX` distinct captions, encode per step."""
+        unique = sorted(set(data.captions) | {""})
+        self.caption_states = None
+        if len(unique) > _CAPTION_CACHE_MAX:
+            return
+        index = {c: i for i, c in enumerate(unique)}
+        self.caption_ids = torch.tensor([index[c] for c in data.captions])
+        self.empty_caption = index[""]
+        states = [self.text.encode(unique[i : i + 256], self.dist.device).cpu() for i in range(0, len(unique), 256)]
+        self.caption_states = torch.cat(states)
+
+    def _context(self, batch: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        if self.caption_states is not None:
+            ids = torch.where(drop, self.empty_caption, self.caption_ids[batch])
+            return self.caption_states[ids].to(self.dist.device)
+        captions = ["" if d else self.data.captions[i] for i, d in zip(batch.tolist(), drop.tolist(), strict=True)]
+        return self.text.encode(captions, self.dist.device)
+
     def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         gen = _seeded(self.config.train.seed, step, micro, self.dist.rank)
         latents = self.latents[batch].to(self.dist.device)
-        captions = [self.data.captions[i] for i in batch.tolist()]
-        drop = torch.rand(len(captions), generator=gen) < self.recipe.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
-        context = self.text.encode(captions, self.dist.device)
+        drop = torch.rand(len(batch), generator=gen) < self.recipe.caption_dropout
+        context = self._context(batch, drop)
         noise = torch.randn(latents.shape, generator=gen)
         if self.recipe.noise_offset:
             # Noise offset (paper: 0.02 in pretraining, 0.1 in quality-tuning) lets the model shift
             # overall brightness, which plain Gaussian noise hides from it.
             noise = noise + self.recipe.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
         noise = noise.to(self.dist.device)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (len(captions),), generator=gen).to(
-            self.dist.device
-        )
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (len(batch),), generator=gen).to(self.dist.device)
         noisy = self.noise.add_noise(latents, noise, t)
         if self.noise.config.prediction_type == "v_prediction":
             target = self.noise.get_velocity(latents, noise, t)
@@ -546,16 +605,29 @@ class DiffusionTrainer(Trainer):
         return float(self._judge.score(images)["appeal"].mean())
 
     def pipeline(self) -> Any:
+        """The model as it would be exported now (EMA weights), as a diffusers pipeline."""
         from photogenic.models.build import sample_scheduler
-        from photogenic.models.pipeline import PhotogenicPipeline
+        from photogenic.models.pipeline import PhotogenicPipeline, load_pipeline
 
-        self.text.tokenizer.model_max_length = self.config.model.max_caption_tokens
+        unet = self._export_unet().eval()
+        if self.pipeline_class != "PhotogenicPipeline":  # a given model keeps its own pipeline and parts
+            if not hasattr(self, "_base_pipeline"):
+                self._base_pipeline = load_pipeline(self.base_dir)
+            self._base_pipeline.register_modules(unet=unet)
+            return self._base_pipeline
+        self.text.tokenizer.model_max_length = self.text.max_tokens
+        if (self.base_dir / "scheduler").exists():
+            from diffusers import DDIMScheduler
+
+            scheduler = DDIMScheduler.from_pretrained(self.base_dir, subfolder="scheduler")
+        else:
+            scheduler = sample_scheduler(self.config.model)
         return PhotogenicPipeline(
             vae=self.vae.to("cpu"),
-            unet=self._export_unet().eval(),
+            unet=unet,
             text_encoder=self.text.model.to("cpu"),
             tokenizer=self.text.tokenizer,
-            scheduler=sample_scheduler(self.config.model),
+            scheduler=scheduler,
         )
 
     def export(self, local: Path) -> None:
@@ -578,6 +650,9 @@ class DiffusionTrainer(Trainer):
         self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.name}_step{step:06d}.png")
         self.vae.to(self.dist.device)
         self.text.model.to(self.dist.device)
+
+
+_CAPTION_CACHE_MAX = 100_000
 
 
 def validation_prompts(seed: int, n: int = 16) -> list[str]:
