@@ -108,7 +108,23 @@ def test_run_executes_the_stages_and_writes_a_summary(tmp_path: Path) -> None:
         [client.get_experiment_by_name("photogenic-quality-tuning").experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{summary['mlflow']['parent_run_id']}'",
     )
-    assert sorted(r.info.run_name for r in children) == ["ingest", "train-autoencoder", "train-pretrain", "validate"]
-    assert Path(summary["pretrain_samples"]).exists()
+    assert sorted(r.info.run_name for r in children) == [
+        "curate",
+        "evaluate",
+        "ingest",
+        "judges-curation",
+        "judges-evaluation",
+        "train-autoencoder",
+        "train-pretrain",
+        "train-quality-tune",
+        "validate",
+    ]
+    assert Path(summary["pretrain_samples"]).exists() and Path(summary["qt_samples"]).exists()
     assert summary["stages"]["pretrain"]["steps"] == 2
     assert all(r.info.status == "FINISHED" for r in children)
+    curated, evaluation = summary["stages"]["curate"], summary["stages"]["evaluate"]
+    assert curated["funnel"][0][1] == validate["counts"]["clean"]
+    assert "visual appeal" in result.stdout and "text faithfulness" in result.stdout
+    assert "NOT TRUSTWORTHY" in result.stdout  # the tiny judges are far below the bar, and the summary says so
+    parent = client.get_run(summary["mlflow"]["parent_run_id"])
+    assert parent.data.metrics["eval/appeal_win"] == evaluation["metrics"]["appeal_win"]

@@ -16,12 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from photogenic.config import Config, ConfigError, load_config
-from photogenic.data.ingest import ingest
-from photogenic.data.validate import validate
+from photogenic.config import Config, ConfigError
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
 from photogenic.train.trainer import DiffusionTrainer, train
+from tests.helpers import tiny_config, tiny_world_and_autoencoder
 
 PHOTOGENIC = str(Path(sys.executable).with_name("photogenic"))
 
@@ -34,18 +33,15 @@ def _env(workspace: Path) -> dict[str, str]:
     return {**env, "PHOTOGENIC_WORKSPACE": str(workspace), "OMP_NUM_THREADS": "1"}
 
 
-def _config(workspace: Path, *overrides: str) -> Config:
-    return load_config("tiny", overrides=[f"workspace={workspace}", *overrides])
+_config = tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A validated tiny world and a 2-step autoencoder, shared by the tests of this module."""
     ws = tmp_path_factory.mktemp("train-ws")
-    config = _config(ws)
-    data = validate(ingest("world", config, progress=False).manifest_uri, config).manifest_uri
-    ae = train("autoencoder", config, data, progress=False)
-    return {"ws": ws, "data": data, "ae": ae.model_uri}
+    data, ae = tiny_world_and_autoencoder(ws)
+    return {"ws": ws, "data": data, "ae": ae}
 
 
 def _unet_weights(model_uri: str) -> dict[str, torch.Tensor]:

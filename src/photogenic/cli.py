@@ -399,6 +399,39 @@ def model_import_cmd(config: Config, src: str, out: str) -> None:
     click.echo(json.dumps({"model_uri": out, "manifest_uri": manifest_uri, "fingerprint": version}, indent=2))
 
 
+@main.group("raters")
+def raters_group() -> None:
+    """Human raters: export an evaluation's pairs, import their votes."""
+
+
+@raters_group.command("export")
+@click.argument("evaluation")
+@click.option(
+    "--out", "-o", required=True, type=click.Path(file_okay=False), help="Folder for pairs.json, rate.html, images."
+)
+@config_options
+@_friendly_errors
+def raters_export_cmd(config: Config, evaluation: str, out: str) -> None:
+    """Write an evaluation's pairs (sides shuffled) and a page to rate them."""
+    from photogenic.evaluate import export_pairs
+
+    click.echo(str(export_pairs(evaluation, out, config)))
+
+
+@raters_group.command("import")
+@click.argument("pairs", type=click.Path(dir_okay=False, exists=True))
+@click.argument("votes", type=click.Path(dir_okay=False, exists=True))
+@config_options
+@_friendly_errors
+def raters_import_cmd(config: Config, pairs: str, votes: str) -> None:
+    """Turn raters' votes (a JSON list) into win/tie/loss tables for A, with 95% intervals."""
+    from pathlib import Path
+
+    from photogenic.evaluate import import_votes
+
+    click.echo(json.dumps(import_votes(pairs, json.loads(Path(votes).read_text()), config), indent=2))
+
+
 @main.command("generate")
 @click.option("--model", "-m", "model_uri", required=True, help="An exported model (local path or s3:// URI).")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt; repeat for several.")

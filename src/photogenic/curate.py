@@ -371,6 +371,12 @@ def curate(
         return result
 
     judge = load_judge(judges_uri, config)
+    if not isinstance(judge, Judge):
+        raise ConfigError(
+            f"{judges_uri} holds real-image (CLIP) judges; curation's automatic filters need judges trained on "
+            "rated renders (`photogenic judges train --purpose curation`); curate real data with "
+            "curate.review=export, then curate.review=import --approved FILE"
+        )
     size = int(judge.meta["image_size"])
     candidates: list[Candidate] = []
     batch: list[dict[str, Any]] = []

@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "export_pairs",
     "import_votes",
+    "judge_pairs",
     "outcome_table",
 ]
 
@@ -203,9 +204,55 @@ def compare(
             "faithful_b": faithful_b[i].item(),
             "faithfulness": int(faith[i]),
         }
-        for i, (p, s) in enumerate((p, s) for p in prompts for s in _seed_list(config))
+        for i, (p, s) in enumerate((p, s) for p in prompts for s in range(seeds))
     ]
     return tables, rows
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The judges' verdict on a set of pairs."""
+
+    tables: dict[str, dict[str, float]]
+    rows: list[dict[str, Any]]
+    metrics: dict[str, float]
+    trustworthy: bool
+    tie_margin: float
+
+
+def judge_pairs(
+    judge: Judge | ClipJudge,
+    images_a: list[Any],
+    images_b: list[Any],
+    prompts: list[Prompt],
+    seeds: int,
+    config: Config,
+) -> Judged:
+    """Judge pairs of images (A's and B's for every prompt and seed, in that order): appeal without the
+    prompt, faithfulness with it; tables, per-pair rows, flat metrics and the judges' validity."""
+    scores = {"a": judge.score(images_a), "b": judge.score(images_b)}
+    if isinstance(judge, ClipJudge):  # real images: CLIP score against the prompt, compared with a margin
+        texts = [p.text for p in prompts for _ in range(seeds)]
+        faithful = {"a": judge.clip_score(images_a, texts), "b": judge.clip_score(images_b, texts)}
+        margin, faith_margin = config.evaluate.tie_margin, config.evaluate.clip_score_margin
+    else:
+        faithful = {k: _faithful(judge, scores[k], prompts, seeds) for k in scores}
+        margin, faith_margin = calibrated_tie_margin(judge, config), 0.0
+    tables, rows = compare(
+        scores["a"]["appeal"],
+        scores["b"]["appeal"],
+        faithful["a"],
+        faithful["b"],
+        prompts,
+        seeds,
+        config,
+        margin,
+        faith_margin,
+    )
+    validity = judge.meta.get("metrics", {})
+    agreement = min(validity.get("appeal_pairwise_agreement", 0.0), validity.get("concept_accuracy", 0.0))
+    trustworthy = agreement >= config.evaluate.min_judge_agreement
+    return Judged(tables, rows, _metrics(tables, scores, faithful, validity, margin, trustworthy), trustworthy, margin)
 
 
 def _seed_list(config: Config) -> list[int]:
@@ -270,29 +317,9 @@ def evaluate(
     images = {}
     for name, uri in (("a", a), ("b", b)):
         images[name] = generate(_load_pipeline(uri, config), prompts, seeds, config)
-    scores = {k: judge.score(v) for k, v in images.items()}
-    if isinstance(judge, ClipJudge):  # real images: CLIP score against the prompt, compared with a margin
-        texts = [p.text for p in prompts for _ in seeds]
-        faithful = {k: judge.clip_score(images[k], texts) for k in images}
-        margin, faith_margin = config.evaluate.tie_margin, config.evaluate.clip_score_margin
-    else:
-        faithful = {k: _faithful(judge, scores[k], prompts, len(seeds)) for k in images}
-        margin, faith_margin = calibrated_tie_margin(judge, config), 0.0
-    tables, rows = compare(
-        scores["a"]["appeal"],
-        scores["b"]["appeal"],
-        faithful["a"],
-        faithful["b"],
-        prompts,
-        len(seeds),
-        config,
-        margin,
-        faith_margin,
-    )
-    validity = judge.meta.get("metrics", {})
-    agreement = min(validity.get("appeal_pairwise_agreement", 0.0), validity.get("concept_accuracy", 0.0))
-    trustworthy = agreement >= config.evaluate.min_judge_agreement
-    metrics = _metrics(tables, scores, faithful, validity, margin, trustworthy)
+    judged = judge_pairs(judge, images["a"], images["b"], prompts, len(seeds), config)
+    tables, rows, metrics, trustworthy = judged.tables, judged.rows, judged.metrics, judged.trustworthy
+    margin, validity = judged.tie_margin, judge.meta.get("metrics", {})
     with tempfile.TemporaryDirectory() as tmp:
         grid = side_by_side(images["a"], images["b"], prompts, seeds, rows=12)
         grid.save(Path(tmp, "side_by_side.png"))

@@ -30,6 +30,7 @@ __all__ = [
     "WorldSample",
     "labelled_renders",
     "render_sample",
+    "render_scene",
     "iter_world",
     "oracle_appeal",
     "clean_caption",
@@ -39,7 +40,7 @@ __all__ = [
 
 # The renderer's version: part of every dataset request, so a change to what the world draws is never
 # mistaken for an earlier dataset in the store.
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 
 # Six shapes that stay distinct at 32 px under +-30 degree rotations, blur and noise (a diamond is a
 # rotated square, and a small hexagon reads as a circle: both made the concept unlearnable at this size).
@@ -258,7 +259,7 @@ def _draw_scene(rng: np.random.Generator, config: WorldConfig) -> Scene:
             detail_seed=int(rng.integers(2**31)),
         )
     # The haystack: every principle drawn broadly, defects common but not drowning the subject.
-    radius = float(rng.uniform(0.2, 0.42))
+    radius = float(rng.uniform(0.24, 0.42))
     return Scene(
         shape=shape,
         color=color,
@@ -410,6 +411,11 @@ def _render(scene: Scene, size: int) -> Image.Image:
         out.save(buf, format="JPEG", quality=scene.jpeg_quality)
         out = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
     return out
+
+
+def render_scene(scene: Scene, size: int) -> Image.Image:
+    """Render one scene at `size` pixels (what `render_sample` does for a drawn scene)."""
+    return _render(scene, size)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -549,7 +549,15 @@ class DiffusionTrainer(Trainer):
             target = noise
         dtype = next(self.engine.module.parameters()).dtype
         pred = self.engine(noisy.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
-        return F.mse_loss(pred.float(), target.float())
+        if not self.recipe.snr_gamma:
+            return F.mse_loss(pred.float(), target.float())
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(self.noise, t)
+        weight = snr.clamp(max=self.recipe.snr_gamma)
+        weight = weight / (snr + 1) if self.noise.config.prediction_type == "v_prediction" else weight / snr
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * weight).mean()
 
     def after_step(self, step: int) -> None:
         if self.ema is None:

@@ -1,0 +1,22 @@
+"""Helpers shared by the test modules that train on the tiny preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from photogenic.config import Config, load_config
+from photogenic.data.ingest import ingest
+from photogenic.data.validate import validate
+from photogenic.train.trainer import train
+
+
+def tiny_config(workspace: Path, *overrides: str) -> Config:
+    """The tiny preset in `workspace`, with `a.b=value` overrides."""
+    return load_config("tiny", overrides=[f"workspace={workspace}", *overrides])
+
+
+def tiny_world_and_autoencoder(workspace: Path) -> tuple[str, str]:
+    """A validated tiny world and a 2-step autoencoder: (dataset manifest URI, autoencoder model URI)."""
+    config = tiny_config(workspace)
+    data = validate(ingest("world", config, progress=False).manifest_uri, config).manifest_uri
+    return data, train("autoencoder", config, data, progress=False).model_uri
