@@ -123,7 +123,7 @@ class ModelConfig:
     pooled_text: bool = doc(
         "Also feed an attention-pooled caption embedding into the timestep embedding (diffusers' "
         "addition_embed_type='text'), with scale-shift conditioning in every residual block: the caption "
-        "then reaches all resolutions, not just the attention levels, and shapes are learnt far sooner.",
+        "then reaches all resolutions, not just the attention levels.",
         True,
     )
     layers_per_block: int = doc("Residual layers per U-Net block.", 1, ge=1, le=8)

@@ -367,7 +367,7 @@ def curate(
             0.0,
             True,
         )
-        _log(run, result)
+        _log(run, result, config)
         return result
 
     judge = load_judge(judges_uri, config)
@@ -418,7 +418,7 @@ def curate(
         manifest_uri, manifest.fingerprint, funnel, store.uri("report.html"), time.perf_counter() - t0
     )
     log.info("curate: %s in %.0fs", " -> ".join(f"{n} {k}" for n, k in funnel), result.seconds)
-    _log(run, result)
+    _log(run, result, config)
     return result
 
 
@@ -484,8 +484,14 @@ def _publish(
     )
 
 
-def _log(run: Any, result: CurateResult) -> None:
+def _log(run: Any, result: CurateResult, config: Config | None = None) -> None:
     if run is None:
         return
     run.log_metrics({f"funnel/{i:02d}_{name}": count for i, (name, count) in enumerate(result.funnel)})
     run.log_metrics({"curate/kept": result.funnel[-1][1], "curate/seconds": result.seconds})
+    run.set_tags({"photogenic.dataset.qt": result.fingerprint, "photogenic.dataset.qt_uri": result.manifest_uri})
+    manifest = read_manifest(result.manifest_uri, config.storage if config else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("funnel.json", "report.html"):
+            local = manifest.store(config.storage if config else None).get_file(name, Path(tmp, name))
+            run.log_artifact(local, "curation")

@@ -388,7 +388,7 @@ def _funnel_of(model_uri: str, config: Config) -> list[tuple[str, int]]:
 
 
 def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[int], rows: int = 12) -> Any:
-    """A grid: for the first `rows` prompts (first seed), A on the left and B on the right."""
+    """A grid of `rows` prompts spread over the benchmark (first seed): A on the left, B on the right."""
     from PIL import Image, ImageDraw, ImageFont
 
     size, scale, label = a[0].width, 4, 190
@@ -398,9 +398,8 @@ def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[
     font = ImageFont.load_default(size=11)
     draw.text((label, 2), "A (candidate)", fill=(0, 0, 0), font=font)
     draw.text((label + cell + 8, 2), "B (reference)", fill=(0, 0, 0), font=font)
-    step = max(1, len(prompts) // rows)
     for r in range(rows):
-        i = (r * step) % len(prompts)
+        i = (r * 13) % len(prompts)  # a stride coprime to the colour and shape counts: varied rows
         j = i * len(seeds)
         y = 16 + r * (cell + 4)
         sheet.paste(a[j].resize((cell, cell), Image.NEAREST), (label, y))

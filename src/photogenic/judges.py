@@ -291,6 +291,7 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
     net = JudgeNet(config.judges.width)
     losses = fit(net, images, labels, config, config.train.seed)
     meta = {
+        "version": _JUDGE_VERSION,
         "purpose": purpose,
         "image_size": config.world.image_size,
         "width": config.judges.width,
@@ -334,6 +335,11 @@ def load_judge(uri: str, config: Config | None = None) -> Judge | ClipJudge:
     meta = json.loads(store.get_bytes("judge.json", sha256=manifest.ref("judge.json").sha256))
     if meta.get("kind") == "clip":
         return _load_clip_judge(manifest, meta, storage)
+    if meta.get("version", 2) != _JUDGE_VERSION:  # version 2 is the first published; it did not record itself
+        raise ConfigError(
+            f"{uri} holds judges of version {meta.get('version')}; this Photogenic reads version {_JUDGE_VERSION}: "
+            "train them again (`photogenic judges train`)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         store.get_file("judge.pt", Path(tmp, "judge.pt"), sha256=manifest.ref("judge.pt").sha256)
         state = torch.load(Path(tmp, "judge.pt"), map_location="cpu", weights_only=True)
