@@ -449,6 +449,7 @@ def test_import_refuses_what_is_not_a_text_to_image_model(emu: dict[str, Any], t
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "model_index.json").write_text("{}")
     (tmp_path / "half" / "unet").mkdir()
+    (tmp_path / "half" / "unet" / "config.json").write_text("{}")
     with pytest.raises(ManifestError, match="lacks vae, text_encoder, tokenizer, scheduler"):
         import_model(str(tmp_path / "half"), str(tmp_path / "out"), config)
     with pytest.raises(ManifestError, match="no model_index.json"):

@@ -33,7 +33,15 @@ import numpy as np
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
 from photogenic.data.shards import ShardSink, iter_dataset
 from photogenic.judges import CONCEPTS, Judge, load_judge
-from photogenic.manifest import Manifest, ObjectRef, content_fingerprint, publish, read_manifest, reusable
+from photogenic.manifest import (
+    Manifest,
+    ObjectRef,
+    content_fingerprint,
+    manifest_file,
+    publish,
+    read_manifest,
+    reusable,
+)
 from photogenic.storage import join_uri, open_store
 
 __all__ = ["CurateResult", "ReviewNeeded", "curate", "parse_caption", "pixel_features", "FILTERS"]
@@ -339,9 +347,7 @@ def curate(
     if cfg.review == "import" and not approved:
         raise ConfigError("curate.review=import needs --approved FILE (the reviewers' JSON of approved keys)")
     source = read_manifest(data_uri, config.storage)
-    judge_manifest = read_manifest(
-        judges_uri if judges_uri.endswith(".json") else join_uri(judges_uri, "manifest.json")
-    )
+    judge_manifest = read_manifest(manifest_file(judges_uri))
     if judge_manifest.meta.get("purpose") != "curation":
         raise ConfigError(f"{judges_uri} is a {judge_manifest.meta.get('purpose')!r} judge set; curation needs its own")
     request = fingerprint(

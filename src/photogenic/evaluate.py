@@ -29,7 +29,7 @@ import torch
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
 from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge
-from photogenic.manifest import Manifest, ObjectRef, publish, read_manifest, reusable
+from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, reusable
 from photogenic.storage import join_uri, open_store
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
 
@@ -279,9 +279,7 @@ def evaluate(
         run: an optional tracking Run for the metrics and the report.
     """
     t0 = time.perf_counter()
-    judge_manifest = read_manifest(
-        judges_uri if judges_uri.endswith(".json") else join_uri(judges_uri, "manifest.json")
-    )
+    judge_manifest = read_manifest(manifest_file(judges_uri))
     if judge_manifest.meta.get("purpose") != "evaluation":
         raise ConfigError(
             f"{judges_uri} is a {judge_manifest.meta.get('purpose')!r} judge set; evaluation needs the "
@@ -493,7 +491,7 @@ def export_pairs(evaluation_uri: str, out_dir: str | Path, config: Config, seed:
     """For human raters: `pairs.json` (each pair's prompt and two images, left and right in random order)
     and `rate.html` to look at them. The key to the sides stays in `pairs.json` under `_sides`, which a
     rater's form never shows. Returns the folder."""
-    manifest = read_manifest(_manifest_of(evaluation_uri), config.storage)
+    manifest = read_manifest(manifest_file(evaluation_uri), config.storage)
     store = manifest.store(config.storage)
     doc = json.loads(store.get_bytes("results.json", sha256=manifest.ref("results.json").sha256))
     out = Path(out_dir)
@@ -562,7 +560,3 @@ def import_votes(pairs_json: str | Path, votes: list[dict[str, Any]], config: Co
         "appeal": outcome_table(np.array(appeal), g, samples),
         "faithfulness": outcome_table(np.array(faith), g, samples),
     }
-
-
-def _manifest_of(uri: str) -> str:
-    return uri if uri.endswith(".json") else join_uri(uri, "manifest.json")

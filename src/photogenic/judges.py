@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from photogenic.config import Config, ConfigError, WorldConfig, fingerprint, to_dict
-from photogenic.manifest import Manifest, ObjectRef, publish, read_manifest, reusable
+from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, reusable
 from photogenic.storage import join_uri, open_store
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, WORLD_VERSION, labelled_renders
 
@@ -327,8 +327,7 @@ def load_judge(uri: str, config: Config | None = None) -> Judge | ClipJudge:
     """Load a judge set from its folder or manifest URI, verifying checksums: ours (trained on renders)
     or an imported CLIP + aesthetic-MLP pair for real images."""
     storage = config.storage if config is not None else None
-    manifest_uri = uri if uri.endswith(".json") else join_uri(uri, "manifest.json")
-    manifest = read_manifest(manifest_uri, storage)
+    manifest = read_manifest(manifest_file(uri), storage)
     if manifest.kind != "judge":
         raise ConfigError(f"{uri} holds a {manifest.kind}, not a judge set")
     store = manifest.store(storage)

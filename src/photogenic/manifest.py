@@ -157,6 +157,11 @@ def publish(manifest: Manifest, uri: str, config: StorageConfig | None = None, v
     return uri
 
 
+def manifest_file(uri: str) -> str:
+    """The manifest of a stage output given either its folder or the manifest file itself."""
+    return uri if uri.endswith(".json") else join_uri(uri, "manifest.json")
+
+
 def read_manifest(uri: str, config: StorageConfig | None = None) -> Manifest:
     """Read and check a manifest from any store URI."""
     parent, name = _split_file_uri(uri)
