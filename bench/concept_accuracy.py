@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from photogenic.config import load_config
-from photogenic.evaluate import _load_pipeline, benchmark_prompts, generate
+from photogenic.evaluate import benchmark_prompts, generate
 from photogenic.judges import CONCEPTS, load_judge
+from photogenic.train.trainer import load_model_pipeline
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     prompts = benchmark_prompts(config)
     seeds = list(range(config.evaluate.seeds_per_prompt))
     t0 = time.perf_counter()
-    images = generate(_load_pipeline(args.model, config), prompts, seeds, config)
+    images = generate(load_model_pipeline(args.model, config), prompts, seeds, config)
     seconds = time.perf_counter() - t0
     seen = judge.concepts_of(judge.score(images))
     asked = [p for p in prompts for _ in seeds]

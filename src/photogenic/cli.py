@@ -451,23 +451,15 @@ def generate_cmd(
     guidance: float | None,
 ) -> None:
     """Generate images with an exported model into one grid (a row per prompt)."""
-    from pathlib import Path
+    from photogenic.models.pipeline import draw, image_grid
+    from photogenic.train.trainer import load_model_pipeline
 
-    import torch
-
-    from photogenic.models.pipeline import image_grid, load_pipeline
-    from photogenic.train.trainer import load_model_dir
-
-    pipe = load_pipeline(load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve()))
-    images = []
-    for prompt in prompts:
-        gens = [torch.Generator().manual_seed(i) for i in range(count)]
-        images += pipe(
-            [prompt] * count,
-            num_inference_steps=steps or config.evaluate.sampling_steps,
-            guidance_scale=config.evaluate.guidance_scale if guidance is None else guidance,
-            generator=gens,
-        ).images
+    images = draw(
+        load_model_pipeline(model_uri, config),
+        [(prompt, seed) for prompt in prompts for seed in range(count)],
+        steps or config.evaluate.sampling_steps,
+        config.evaluate.guidance_scale if guidance is None else guidance,
+    )
     image_grid(images, columns=count, scale=2).save(out)
     click.echo(out)
 

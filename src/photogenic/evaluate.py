@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
 from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge
@@ -92,27 +91,12 @@ def benchmark_prompts(config: Config) -> list[Prompt]:
     return prompts
 
 
-def _load_pipeline(uri: str, config: Config) -> Any:
-    from photogenic.models.pipeline import load_pipeline
-    from photogenic.train.trainer import load_model_dir
-
-    return load_pipeline(load_model_dir(uri, Path(config.workspace, "cache", "models").resolve()))
-
-
-@torch.no_grad()
-def generate(pipe: Any, prompts: list[Prompt], seeds: list[int], config: Config, batch: int = 32) -> list[Any]:
+def generate(pipe: Any, prompts: list[Prompt], seeds: list[int], config: Config) -> list[Any]:
     """One image per (prompt, seed), every prompt with every seed, in that order."""
+    from photogenic.models.pipeline import draw
+
     jobs = [(p.text, s) for p in prompts for s in seeds]
-    images = []
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start : start + batch]
-        images += pipe(
-            [t for t, _ in chunk],
-            num_inference_steps=config.evaluate.sampling_steps,
-            guidance_scale=config.evaluate.guidance_scale,
-            generator=[torch.Generator().manual_seed(s) for _, s in chunk],
-        ).images
-    return images
+    return draw(pipe, jobs, config.evaluate.sampling_steps, config.evaluate.guidance_scale)
 
 
 def _faithful(judge: Judge, scores: dict[str, np.ndarray], prompts: list[Prompt], seeds: int) -> np.ndarray:
@@ -136,8 +120,8 @@ def outcome_table(outcomes: np.ndarray, groups: np.ndarray, samples: int, seed: 
         pick = np.concatenate([members[i] for i in rng.integers(0, len(keys), len(keys))])
         o = outcomes[pick]
         boot[b] = [(o > 0).mean(), (o == 0).mean(), (o < 0).mean()]
-    for i, name in enumerate(("win", "tie", "loss")):
-        value = [(outcomes > 0).mean(), (outcomes == 0).mean(), (outcomes < 0).mean()][i]
+    values = ((outcomes > 0).mean(), (outcomes == 0).mean(), (outcomes < 0).mean())
+    for i, (name, value) in enumerate(zip(("win", "tie", "loss"), values, strict=True)):
         lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
         rates.update({name: float(value), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
     return rates
@@ -309,12 +293,14 @@ def evaluate(
         _log(run, result, None)
         return result
 
+    from photogenic.train.trainer import load_model_pipeline
+
     judge = load_judge(judges_uri, config)
     prompts = benchmark_prompts(config)
     seeds = _seed_list(config)
     images = {}
     for name, uri in (("a", a), ("b", b)):
-        images[name] = generate(_load_pipeline(uri, config), prompts, seeds, config)
+        images[name] = generate(load_model_pipeline(uri, config), prompts, seeds, config)
     judged = judge_pairs(judge, images["a"], images["b"], prompts, len(seeds), config)
     tables, rows, metrics, trustworthy = judged.tables, judged.rows, judged.metrics, judged.trustworthy
     margin, validity = judged.tie_margin, judge.meta.get("metrics", {})

@@ -25,17 +25,13 @@ log = logging.getLogger(__name__)
 
 def sample_grid(model_uri: str, config: Config, path: Path) -> Path:
     """A grid of the fixed sample prompts (rows) and seeds 0..3 (columns) from an exported model."""
-    import torch
+    from photogenic.models.pipeline import draw, image_grid
+    from photogenic.train.trainer import SAMPLE_PROMPTS, load_model_pipeline
 
-    from photogenic.models.pipeline import image_grid, load_pipeline
-    from photogenic.train.trainer import SAMPLE_PROMPTS, load_model_dir
-
-    pipe = load_pipeline(load_model_dir(model_uri, Path(config.workspace, "cache", "models").resolve()))
-    images = []
-    for prompt in SAMPLE_PROMPTS:
-        gens = [torch.Generator().manual_seed(seed) for seed in range(4)]
-        steps, scale = config.evaluate.sampling_steps, config.evaluate.guidance_scale
-        images += pipe([prompt] * 4, num_inference_steps=steps, guidance_scale=scale, generator=gens).images
+    jobs = [(prompt, seed) for prompt in SAMPLE_PROMPTS for seed in range(4)]
+    images = draw(
+        load_model_pipeline(model_uri, config), jobs, config.evaluate.sampling_steps, config.evaluate.guidance_scale
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, columns=4, scale=3).save(path)
     return path

@@ -9,7 +9,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
 
-__all__ = ["PhotogenicPipeline", "image_grid", "load_pipeline", "pipeline_class"]
+__all__ = ["PhotogenicPipeline", "draw", "image_grid", "load_pipeline", "pipeline_class"]
 
 
 class PhotogenicPipeline(DiffusionPipeline):
@@ -106,6 +106,24 @@ def load_pipeline(model_dir: Any) -> DiffusionPipeline:
         pipe = DiffusionPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@torch.no_grad()
+def draw(
+    pipe: DiffusionPipeline, jobs: list[tuple[str, int]], steps: int, guidance: float, batch: int = 32
+) -> list[Image.Image]:
+    """One image per (prompt, seed) job, in order, `batch` jobs per call; a seed always starts from the
+    same noise, whatever the batch it falls in."""
+    images: list[Image.Image] = []
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start : start + batch]
+        images += pipe(
+            [p for p, _ in chunk],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=[torch.Generator().manual_seed(s) for _, s in chunk],
+        ).images
+    return images
 
 
 def image_grid(images: list[Image.Image], columns: int, scale: int = 1) -> Image.Image:

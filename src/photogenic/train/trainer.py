@@ -24,7 +24,16 @@ from photogenic.train.data import RankData, load_rank_data
 from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap, zero_stage
 from photogenic.train.distributed import Dist, setup_distributed
 
-__all__ = ["Trainer", "AutoencoderTrainer", "DiffusionTrainer", "TrainResult", "RECIPES", "train", "load_model_dir"]
+__all__ = [
+    "Trainer",
+    "AutoencoderTrainer",
+    "DiffusionTrainer",
+    "TrainResult",
+    "RECIPES",
+    "train",
+    "load_model_dir",
+    "load_model_pipeline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,13 @@ def load_model_dir(uri: str, cache: Path) -> Path:
             store.get_file(ref.key, local / ref.key, sha256=ref.sha256)
         (local / ".complete").write_text(manifest.fingerprint)
     return local
+
+
+def load_model_pipeline(uri: str, config: Config) -> Any:
+    """The diffusers pipeline of an exported or imported model, from the workspace's model cache."""
+    from photogenic.models.pipeline import load_pipeline
+
+    return load_pipeline(load_model_dir(uri, Path(config.workspace, "cache", "models").resolve()))
 
 
 def publish_model_dir(local: Path, out_uri: str, meta: dict[str, Any], config: Config) -> tuple[str, str]:
@@ -599,18 +615,22 @@ class DiffusionTrainer(Trainer):
 
         if not hasattr(self, "_judge"):
             self._judge = load_judge(self.judges, self.config)
+        prompts = validation_prompts(self.config.train.seed)
+        images = self._draw([(p, 10_000 + i) for i, p in enumerate(prompts)])
+        return float(self._judge.score(images)["appeal"].mean())
+
+    @torch.no_grad()
+    def _draw(self, jobs: list[tuple[str, int]]) -> list[Any]:
+        """Images, one per (prompt, seed), of the model as it would be exported now, with the evaluation's
+        sampler settings; the frozen parts go back to the training device afterwards."""
+        from photogenic.models.pipeline import draw
+
         pipe = self.pipeline()
         pipe.set_progress_bar_config(disable=True)
-        prompts = validation_prompts(self.config.train.seed)
-        images = pipe(
-            prompts,
-            num_inference_steps=self.config.evaluate.sampling_steps,
-            guidance_scale=self.config.evaluate.guidance_scale,
-            generator=[torch.Generator().manual_seed(10_000 + i) for i in range(len(prompts))],
-        ).images
+        images = draw(pipe, jobs, self.config.evaluate.sampling_steps, self.config.evaluate.guidance_scale)
         self.vae.to(self.dist.device)
         self.text.model.to(self.dist.device)
-        return float(self._judge.score(images)["appeal"].mean())
+        return images
 
     def pipeline(self) -> Any:
         """The model as it would be exported now (EMA weights), as a diffusers pipeline."""
@@ -646,18 +666,8 @@ class DiffusionTrainer(Trainer):
             return
         from photogenic.models.pipeline import image_grid
 
-        pipe = self.pipeline()
-        pipe.set_progress_bar_config(disable=True)
-        gens = [torch.Generator().manual_seed(i) for i in range(len(SAMPLE_PROMPTS))]
-        images = pipe(
-            list(SAMPLE_PROMPTS),
-            num_inference_steps=self.config.evaluate.sampling_steps,
-            guidance_scale=self.config.evaluate.guidance_scale,
-            generator=gens,
-        ).images
+        images = self._draw([(p, i) for i, p in enumerate(SAMPLE_PROMPTS)])
         self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.name}_step{step:06d}.png")
-        self.vae.to(self.dist.device)
-        self.text.model.to(self.dist.device)
 
 
 _CAPTION_CACHE_MAX = 100_000
