@@ -466,18 +466,33 @@ def generate_cmd(
 
 @main.command("run")
 @click.option("--source", "-s", default="world", help="What to ingest (see `photogenic ingest --source`).")
+@click.option("--partitions", default=2, type=click.IntRange(1, 64), help="Parallel ingestion tasks.")
 @click.option("--summary", "summary_path", default=None, help="JSON summary path (default: <workspace>/summary.json).")
 @config_options
 @_friendly_errors
-def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
-    """Run the stages end to end on this machine and print a summary."""
-    from photogenic.run import run_local
+def run_cmd(config: Config, source: str, partitions: int, summary_path: str | None) -> None:
+    """Run the pipeline on this machine through kfp.local (every stage a local task) and print a summary.
 
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout
-        summary = run_local(config, source, summary_path)
+    A stage that finished in an earlier run (same inputs and config) is reused, not redone.
+    """
+    from photogenic.config import overrides_from
+    from photogenic.pipelines.local import LocalRunError, run_locally
+
+    overrides = overrides_from(config)  # every task resolves exactly this config from preset + overrides
+    try:
+        summary = run_locally(
+            config.preset, overrides, config.workspace, source, partitions, summary_path, console=sys.stderr
+        )
+    except LocalRunError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_summary(summary, config))
+
+
+def format_summary(summary: dict[str, Any], config: Config) -> str:
+    """The run's summary as the console shows it: the funnel, the win/tie/loss tables, where things are."""
     st = summary["stages"]
     ing, val, ae, pt = st["ingest"], st["validate"], st["autoencoder"], st["pretrain"]
-    cur, qt, ev = st["curate"], st["quality_tune"], st["evaluate"]
+    cur, qt, ev, reg = st["curate"], st["quality_tune"], st["evaluate"], st["register"]
     m = ev["metrics"]
 
     def wtl(name: str) -> str:
@@ -489,9 +504,10 @@ def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
         )
 
     judges = st["judges"]["evaluation"]["metrics"]
+    alias = f"alias '{reg['alias']}'" if reg["alias"] else f"no alias: {reg['gate']}"
     lines = [
         "",
-        f"Photogenic run ({config.preset} preset, config {config.fingerprint()[:12]})",
+        f"Photogenic run ({config.preset} preset, config {summary['config_fingerprint'][:12]})",
         f"  ingest    {ing['counts']['input']:>7d} in  -> {ing['counts']['samples']:>7d} samples, "
         f"{ing['counts']['duplicates']} duplicates, {ing['counts']['quarantined']} quarantined"
         f"   dataset {ing['fingerprint'][:12]}",
@@ -511,18 +527,116 @@ def run_cmd(config: Config, source: str, summary_path: str | None) -> None:
         f"concept accuracy {judges['concept_accuracy']:.3f}"
         + ("" if ev["trustworthy"] else "  -> NOT TRUSTWORTHY (below evaluate.min_judge_agreement)"),
         "",
+        f"  registered model:  {reg['name']} version {reg['version']} ({alias})",
         f"  evaluation report: {ev['report_uri']}",
         f"  QT dataset:        {cur['manifest_uri']}",
         f"  pretrained model:  {pt['model_uri']}",
         f"  quality-tuned:     {qt['model_uri']}",
-        f"  sample grids:      {summary['pretrain_samples']}, {summary['qt_samples']}",
         f"  validation report: {val['report_uri']}",
         f"  summary:           {summary['summary_path']}",
+        f"  task log:          {summary['log_path']}",
         f"  compare runs:      {summary['mlflow']['ui_command']}",
     ]
-    if summary["tracking_failures"]:
-        lines.append(f"  WARNING: {len(summary['tracking_failures'])} MLflow calls failed; see the log above")
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------- cluster
+
+
+@main.group("pipeline")
+def pipeline_group() -> None:
+    """Compile the pipeline, upload it to Kubeflow Pipelines, run it there."""
+
+
+@pipeline_group.command("compile")
+@click.option(
+    "--out", "-o", default=None, type=click.Path(dir_okay=False), help="YAML to write (default: the checked-in one)."
+)
+@click.option(
+    "--kubernetes-manifest",
+    is_flag=True,
+    help="Write KFP Pipeline and PipelineVersion resources (for GitOps) instead of the plain pipeline spec.",
+)
+def pipeline_compile_cmd(out: str | None, kubernetes_manifest: bool) -> None:
+    """Compile the pipeline to YAML, versioned by the package version and git commit."""
+    from photogenic.pipelines.compiler import COMPILED, compile_pipeline
+
+    click.echo(compile_pipeline(out or COMPILED, kubernetes_manifest=kubernetes_manifest))
+
+
+_host_option = click.option(
+    "--host", envvar="KF_PIPELINES_ENDPOINT", default=None, help="KFP API endpoint (env KF_PIPELINES_ENDPOINT)."
+)
+_package_option = click.option(
+    "--package", default=None, type=click.Path(exists=True, dir_okay=False), help="Compiled pipeline YAML."
+)
+
+
+@pipeline_group.command("upload")
+@_host_option
+@_package_option
+@click.option("--name", default=None, help="Pipeline name (default: photogenic-quality-tuning).")
+def pipeline_upload_cmd(host: str | None, package: str | None, name: str | None) -> None:
+    """Upload the compiled pipeline: a new pipeline, or a new version of an existing one."""
+    from photogenic.pipelines import client as kfp_client
+    from photogenic.pipelines.compiler import COMPILED
+    from photogenic.pipelines.quality_tuning import PIPELINE_NAME
+
+    uploaded = kfp_client.upload(kfp_client.connect(host), package or COMPILED, name or PIPELINE_NAME)
+    click.echo(json.dumps(uploaded.__dict__, indent=2))
+
+
+@pipeline_group.command("run")
+@_host_option
+@_package_option
+@click.option("--experiment", "-e", default="photogenic", help="KFP experiment.")
+@click.option("--run-name", default=None, help="Run name (default: photogenic-<preset>-<time>).")
+@click.option("--preset", "-p", default="demo", help="Config preset for every stage.")
+@click.option("--set", "overrides", multiple=True, help="Config override key=value; repeat.")
+@click.option("--param", "params", multiple=True, help="Other pipeline parameter name=value (JSON values); repeat.")
+@click.option(
+    "--upload", "do_upload", is_flag=True, help="Upload as a new pipeline version first and run that version."
+)
+@click.option("--wait", "wait_s", default=0, type=int, help="Wait up to this many seconds for the run to end.")
+@click.option("--service-account", default=None, help="ServiceAccount for the run's pods.")
+def pipeline_run_cmd(
+    host: str | None,
+    package: str | None,
+    experiment: str,
+    run_name: str | None,
+    preset: str,
+    overrides: tuple[str, ...],
+    params: tuple[str, ...],
+    do_upload: bool,
+    wait_s: int,
+    service_account: str | None,
+) -> None:
+    """Create a run of the pipeline on Kubeflow Pipelines."""
+    import time
+
+    from photogenic.config import load_config
+    from photogenic.pipelines import client as kfp_client
+    from photogenic.pipelines.compiler import COMPILED
+
+    load_config(preset, overrides=overrides)  # a wrong key fails here, not in the cluster an hour later
+    arguments: dict[str, Any] = {"preset": preset, "overrides": list(overrides)}
+    for item in params:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{item!r} is not name=value", param_hint="--param")
+        try:
+            arguments[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            arguments[key] = raw
+    client = kfp_client.connect(host)
+    uploaded = kfp_client.upload(client, package or COMPILED) if do_upload else None
+    name = run_name or f"photogenic-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = kfp_client.submit(
+        client, experiment, arguments, name, uploaded, package or COMPILED, wait_s, service_account
+    )
+    click.echo(json.dumps(result, indent=2))
+    if wait_s and result["state"] != "SUCCEEDED":
+        raise click.ClickException(f"run {result['run_id']} ended {result['state']}: {result.get('error', '')}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -292,7 +293,11 @@ class EvaluateConfig:
 class StorageConfig:
     """Where stages keep their data. Credentials never live here: they come from the AWS environment."""
 
-    root: str = doc("Store URI for all stage outputs (local path or s3://bucket/prefix); '' = <workspace>/store.", "")
+    root: str = doc(
+        "Store URI for all stage outputs (local path or s3://bucket/prefix); '' = $PHOTOGENIC_STORE_ROOT, "
+        "else <workspace>/store.",
+        "",
+    )
     multipart_threshold_mb: int = doc("Files larger than this are uploaded in parts.", 64, ge=5)
     multipart_chunk_mb: int = doc("Size of one part of a multipart upload.", 16, ge=5)
     max_attempts: int = doc("Attempts per S3 request under botocore's standard retry mode.", 5, ge=1, le=20)
@@ -335,8 +340,9 @@ class Config:
         return fingerprint(self)
 
     def store_root(self) -> str:
-        """The store URI stage outputs go under."""
-        return self.storage.root or str(Path(self.workspace, "store"))
+        """The store URI stage outputs go under: `storage.root`, else $PHOTOGENIC_STORE_ROOT (a cluster's
+        ConfigMap sets it), else `<workspace>/store`."""
+        return self.storage.root or os.environ.get("PHOTOGENIC_STORE_ROOT") or str(Path(self.workspace, "store"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +462,19 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
             out.update(flatten(value, f"{name}."))
         else:
             out[name] = value
+    return out
+
+
+def overrides_from(config: Config) -> list[str]:
+    """The `key=value` overrides that turn `config.preset`'s preset into `config` (whatever a YAML file and
+    overrides did), so another process resolves the same config from the preset name and this list."""
+    base = flatten(to_dict(PRESETS[config.preset]()))
+    out = []
+    for key, value in flatten(to_dict(config)).items():
+        if key == "preset" or base.get(key) == value:
+            continue
+        text = value if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip()
+        out.append(f"{key}={text.removesuffix(chr(10) + '...').strip()}")
     return out
 
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclasses_replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,15 @@ from photogenic.data.sources import Chunk, RawRecord, Source, load_chunk, make_s
 from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, publish, reusable
 from photogenic.storage import Store, join_uri, open_store
 
-__all__ = ["ingest", "IngestResult", "inspect_image", "NearDuplicateIndex", "tar_key"]
+__all__ = [
+    "ingest",
+    "merge_partitions",
+    "partition_plan",
+    "IngestResult",
+    "inspect_image",
+    "NearDuplicateIndex",
+    "tar_key",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -228,6 +237,7 @@ class _Ingestor:
         default_factory=lambda: dict.fromkeys(("input", "samples", "duplicates", "quarantined"), 0)
     )
     bytes_in: int = 0
+    partitioned: bool = False
 
     def __post_init__(self) -> None:
         data = self.config.data
@@ -238,6 +248,8 @@ class _Ingestor:
         self.reasons = _JsonLines("quarantine.jsonl", self.tmp / "quarantine.jsonl")
         self.duplicates = _JsonLines("duplicates.jsonl", self.tmp / "duplicates.jsonl")
         self.oracle = _JsonLines("oracle.jsonl", self.tmp / "oracle.jsonl")
+        # A partition also lists each kept sample's hashes and shard, for the cross-partition merge.
+        self.index = _JsonLines("index.jsonl", self.tmp / "index.jsonl") if self.partitioned else None
         self.keys: dict[str, str] = {}  # tar key -> source ref of its first owner
         self.exact: dict[str, str] = {}  # sha256 -> key
         self.near = NearDuplicateIndex(data.near_duplicate_distance) if data.near_duplicate_distance >= 0 else None
@@ -261,6 +273,19 @@ class _Ingestor:
         )
         if item.oracle_json is not None:
             self.oracle.write(item.oracle_json)
+        if self.index is not None:
+            # The sample is in the shard being written; finished shards were appended before it.
+            shard = len(self.samples.shards)
+            phash = None if item.phash is None else format(item.phash, "x")
+            self.index.write(
+                {
+                    "key": key,
+                    "sha256": item.info.get("sha256"),
+                    "phash": phash,
+                    "shard": shard,
+                    "ref": record.source_ref,
+                }
+            )
         self.counts["samples"] += 1
 
     def _is_duplicate(self, key: str, item: Prepared) -> bool:
@@ -313,7 +338,9 @@ class _Ingestor:
         self.quarantine.close()
         refs = [s.ref for s in self.samples.shards] + [s.ref for s in self.quarantine.shards]
         sidecars = {}
-        for sidecar in (self.reasons, self.duplicates, self.oracle):
+        for sidecar in (self.reasons, self.duplicates, self.oracle, self.index):
+            if sidecar is None:
+                continue
             ref = sidecar.upload(self.store)
             if ref is not None:
                 refs.append(ref)
@@ -340,7 +367,7 @@ def _source_ext(name: str) -> str:
     return ext if ext in ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff") else "bin"
 
 
-def request_fingerprint(source: Source, config: Config) -> str:
+def request_fingerprint(source: Source, config: Config, partitions: int = 1) -> str:
     """Same input and same ingestion settings: same fingerprint, and the earlier output is reused."""
     data = config.data
     settings = {
@@ -348,9 +375,58 @@ def request_fingerprint(source: Source, config: Config) -> str:
         "shard_max_bytes": data.shard_max_bytes,
         "near_duplicate_distance": data.near_duplicate_distance,
     }
-    return fingerprint(
-        {"source": source.description(), "data": settings, "schema": SCHEMA_VERSION, "v": _INGEST_VERSION}
-    )
+    request = {"source": source.description(), "data": settings, "schema": SCHEMA_VERSION, "v": _INGEST_VERSION}
+    if partitions > 1:  # a partitioned ingest lays out its shards differently
+        request["partitions"] = partitions
+    return fingerprint(request)
+
+
+@dataclass
+class PartitionSource(Source):
+    """One contiguous block of another source's chunks: partition `index` of `of`."""
+
+    source: Source
+    index: int
+    of: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.of:
+            raise ValueError(f"partition {self.index} of {self.of} does not exist")
+        self.kind = self.source.kind
+
+    def description(self) -> dict[str, Any]:
+        return {**self.source.description(), "partition": [self.index, self.of]}
+
+    def chunks(self) -> Iterator[Chunk]:
+        chunks = list(self.source.chunks())  # payloads are small: row ranges, file lists
+        lo, hi = len(chunks) * self.index // self.of, len(chunks) * (self.index + 1) // self.of
+        yield from chunks[lo:hi]
+
+
+def dataset_uri(source: str | Source, config: Config, partitions: int = 1) -> str:
+    """Where ingesting `source` publishes by default: `<store>/datasets/ingest-<request fingerprint>`."""
+    src = source if isinstance(source, Source) else make_source(source, config.world, config.storage)
+    request = request_fingerprint(src, config, partitions)
+    return open_store(join_uri(config.store_root(), "datasets", f"ingest-{request[:16]}"), config.storage).root
+
+
+def partition_plan(source: str, config: Config, partitions: int) -> list[dict[str, Any]]:
+    """The partitions a scaled-out ingestion runs in parallel, as small JSON-able dicts.
+
+    Args:
+        source: the source spec (see `ingest`).
+        config: the resolved config.
+        partitions: how many; capped at the source's number of chunks (256 rows each).
+
+    Returns:
+        One `{"index", "count", "out"}` per partition; `out` is the partition's dataset URI.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    src = make_source(source, config.world, config.storage)
+    n = max(1, min(partitions, sum(1 for _ in src.chunks())))
+    root = dataset_uri(src, config, n)
+    return [{"index": i, "count": n, "out": join_uri(root, "parts", f"{i:04d}-of-{n:04d}")} for i in range(n)]
 
 
 def ingest(
@@ -359,6 +435,7 @@ def ingest(
     out: str | None = None,
     run: Any = None,
     progress: bool = True,
+    partition: tuple[int, int] | None = None,
 ) -> IngestResult:
     """Ingest a source into tar shards under `out` and publish a dataset manifest.
 
@@ -369,6 +446,9 @@ def ingest(
         out: dataset URI; default `<store root>/datasets/ingest-<request fingerprint>`.
         run: an optional tracking Run for counts and throughput.
         progress: show a progress bar on a terminal.
+        partition: `(index, count)`: ingest only that block of the source's chunks, de-duplicated
+            within it and listing each sample's hashes for `merge_partitions` (default out:
+            `<the whole dataset's URI>/parts/<index>-of-<count>`).
 
     Returns:
         The manifest's URI, the dataset version (content fingerprint) and the counts:
@@ -376,6 +456,10 @@ def ingest(
     """
     started = time.perf_counter()
     src = source if isinstance(source, Source) else make_source(source, config.world, config.storage)
+    if partition is not None:
+        index, count = partition
+        out = out or join_uri(dataset_uri(src, config, count), "parts", f"{index:04d}-of-{count:04d}")
+        src = PartitionSource(src, index, count)
     request = request_fingerprint(src, config)
     out = out or join_uri(config.store_root(), "datasets", f"ingest-{request[:16]}")
     store = open_store(out, config.storage)
@@ -393,7 +477,7 @@ def ingest(
     from tqdm import tqdm
 
     with tempfile.TemporaryDirectory(prefix="photogenic-ingest-") as tmp:
-        ingestor = _Ingestor(config, store, Path(tmp))
+        ingestor = _Ingestor(config, store, Path(tmp), partitioned=partition is not None)
         bar = tqdm(total=src.count(), unit="img", desc="ingest", disable=None if progress else True, smoothing=0.1)
         try:
             for prepared in bounded_map(_prepare_chunk, src.chunks(), config.data.workers):
@@ -436,3 +520,214 @@ def _log_result(run: Any, result: IngestResult) -> None:
         metrics["ingest.mb_per_s"] = result.bytes_in / 2**20 / result.seconds
     run.log_metrics(metrics)
     run.set_tags({"photogenic.dataset.raw": result.fingerprint, "photogenic.dataset.raw_uri": result.manifest_uri})
+
+
+def merge_partitions(
+    source: str | Source,
+    part_uris: Iterable[str],
+    config: Config,
+    out: str | None = None,
+    run: Any = None,
+) -> IngestResult:
+    """Join partition datasets (from `ingest(..., partition=...)`) into one dataset, as if ingested at once.
+
+    Partitions are taken in source order. A sample that duplicates (exactly or within
+    `data.near_duplicate_distance`) a sample of an earlier partition goes to the duplicates list; one
+    whose key an earlier partition already used is quarantined with the reason. Only the shards that
+    lose a sample are rewritten; the others are referenced where the partition wrote them.
+
+    Args:
+        source: the source the partitions were cut from (it identifies the dataset).
+        part_uris: the partitions' manifest URIs (or folders), any order.
+        config: the resolved config.
+        out: the dataset URI; default the one `partition_plan` chose for this source and count.
+        run: an optional tracking Run.
+
+    Returns:
+        As `ingest`: input = samples + duplicates + quarantined, over all partitions.
+    """
+    from photogenic.manifest import manifest_file, read_manifest
+
+    started = time.perf_counter()
+    src = source if isinstance(source, Source) else make_source(source, config.world, config.storage)
+    parts = [read_manifest(manifest_file(u), config.storage) for u in part_uris]
+    if not parts:
+        raise ValueError("merge_partitions needs at least one partition")
+    ranks = [tuple(p.meta.get("source", {}).get("partition") or ()) for p in parts]
+    counts_of = {r[1] for r in ranks if len(r) == 2}
+    if (
+        any(len(r) != 2 for r in ranks)
+        or len(counts_of) != 1
+        or sorted(r[0] for r in ranks) != list(range(next(iter(counts_of))))
+    ):
+        raise ValueError(f"partitions {ranks} are not one complete set of partitions 0..n-1 of one source")
+    parts = [p for _, p in sorted(zip(ranks, parts, strict=True), key=lambda x: x[0][0])]
+    n = len(parts)
+    request = fingerprint({"merge": [p.fingerprint for p in parts], "of": request_fingerprint(src, config, n)})
+    store = open_store(out or dataset_uri(src, config, n), config.storage)
+    out, manifest_uri = store.root, store.uri("manifest.json")
+    reused = reusable(manifest_uri, request, config.storage)
+    if reused is not None:
+        result = IngestResult(manifest_uri, reused.fingerprint, dict(reused.counts), reused=True)
+        _log_result(run, result)
+        return result
+
+    data = config.data
+    exact: dict[str, str] = {}
+    near = NearDuplicateIndex(data.near_duplicate_distance) if data.near_duplicate_distance >= 0 else None
+    owners: dict[str, str] = {}
+    drops: list[dict[int, dict[str, dict[str, Any]]]] = []  # per part: shard number -> key -> verdict
+    for part in parts:
+        part_drops: dict[int, dict[str, dict[str, Any]]] = {}
+        for row in _read_jsonl(part, "index", config):
+            key, verdict = row["key"], None
+            if key in owners:
+                verdict = {"quarantine": f"duplicate key {key!r}: first seen at {owners[key]}"}
+            elif row["sha256"] in exact:
+                verdict = {"kind": "exact", "duplicate_of": exact[row["sha256"]], "distance": 0}
+            elif near is not None and row["phash"] is not None and (hit := near.find(int(row["phash"], 16))):
+                verdict = {"kind": "near", "duplicate_of": hit[0], "distance": hit[1]}
+            if verdict is not None:
+                part_drops.setdefault(int(row["shard"]), {})[key] = {**verdict, "source_ref": row["ref"]}
+                continue
+            owners[key] = row["ref"]
+            exact[row["sha256"]] = key
+            if near is not None and row["phash"] is not None:
+                near.add(int(row["phash"], 16), key)
+        drops.append(part_drops)
+
+    counts = dict.fromkeys(("input", "samples", "duplicates", "quarantined"), 0)
+    for part in parts:
+        for k in counts:
+            counts[k] += int(part.counts.get(k, 0))
+    refs: list[ObjectRef] = []
+    shards: list[dict[str, Any]] = []
+    quarantine_shards: list[dict[str, Any]] = []
+    dropped: set[str] = set()
+    with tempfile.TemporaryDirectory(prefix="photogenic-merge-") as tmp:
+        reasons = _JsonLines("quarantine.jsonl", Path(tmp) / "quarantine.jsonl")
+        duplicates = _JsonLines("duplicates.jsonl", Path(tmp) / "duplicates.jsonl")
+        oracle = _JsonLines("oracle.jsonl", Path(tmp) / "oracle.jsonl")
+        quarantine = ShardSink(store, "quarantine", data.shard_max_samples, data.shard_max_bytes, name="merge")
+        for i, (part, part_drops) in enumerate(zip(parts, drops, strict=True)):
+            prefix = _relative(part.root, out)
+            for s, entry in enumerate(part.meta.get("shards", [])):
+                ref = part.ref(entry["key"])
+                verdicts = part_drops.get(s)
+                if not verdicts:  # untouched: keep the partition's object
+                    refs.append(dataclasses_replace(ref, key=f"{prefix}/{ref.key}"))
+                    shards.append({"key": f"{prefix}/{ref.key}", "samples": entry["samples"]})
+                    continue
+                stem = Path(ref.key).stem
+                with ShardSink(store, f"merged/{i:04d}", data.shard_max_samples, 1 << 62, name=stem) as kept:
+                    _rewrite_shard(part, ref, verdicts, config, kept, quarantine, reasons, duplicates)
+                kept_count = sum(x.samples for x in kept.shards)
+                for info in kept.shards:
+                    refs.append(info.ref)
+                    shards.append({"key": info.ref.key, "samples": info.samples})
+                n_dropped = entry["samples"] - kept_count
+                dropped.update(verdicts)
+                n_quarantined = sum(1 for v in verdicts.values() if "quarantine" in v)
+                counts["samples"] -= n_dropped
+                counts["quarantined"] += n_quarantined
+                counts["duplicates"] += n_dropped - n_quarantined
+            for entry in part.meta.get("quarantine", []):
+                ref = part.ref(entry["key"])
+                refs.append(dataclasses_replace(ref, key=f"{prefix}/{ref.key}"))
+                quarantine_shards.append({"key": f"{prefix}/{ref.key}", "samples": entry["samples"]})
+            for row in _read_jsonl(part, "quarantine", config):
+                reasons.write(row)
+            for row in _read_jsonl(part, "duplicates", config):
+                duplicates.write(row)
+            for row in _read_jsonl(part, "oracle", config):
+                if row["key"] not in dropped:
+                    oracle.write(row)
+        quarantine.close()
+        for info in quarantine.shards:
+            refs.append(info.ref)
+            quarantine_shards.append({"key": info.ref.key, "samples": info.samples})
+        sidecars = {}
+        for sidecar in (reasons, duplicates, oracle):
+            ref = sidecar.upload(store)
+            if ref is not None:
+                refs.append(ref)
+                sidecars[sidecar.name.split(".")[0]] = ref.key
+    manifest = Manifest(
+        kind="dataset",
+        root=store.root,
+        objects=refs,
+        counts=counts,
+        config=to_dict(config),
+        meta={
+            "stage": "ingest",
+            "request": request,
+            "source": {**src.description(), "partitions": n},
+            "parts": [p.fingerprint for p in parts],
+            "shards": shards,
+            "quarantine": quarantine_shards,
+            "sidecars": sidecars,
+        },
+    )
+    publish(manifest, manifest_uri, config.storage)
+    assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
+    result = IngestResult(manifest_uri, manifest.fingerprint, counts, seconds=time.perf_counter() - started)
+    log.info(
+        "ingest: merged %d partitions: %d in -> %d samples, %d duplicates, %d quarantined; dataset %s at %s",
+        n,
+        counts["input"],
+        counts["samples"],
+        counts["duplicates"],
+        counts["quarantined"],
+        manifest.fingerprint[:12],
+        out,
+    )
+    _log_result(run, result)
+    return result
+
+
+def _rewrite_shard(
+    part: Manifest,
+    ref: ObjectRef,
+    verdicts: dict[str, dict[str, Any]],
+    config: Config,
+    kept: ShardSink,
+    quarantine: ShardSink,
+    reasons: _JsonLines,
+    duplicates: _JsonLines,
+) -> None:
+    """Copy one shard of a partition without the samples that `verdicts` drops (as duplicates or to quarantine)."""
+    from photogenic.data.shards import iter_shard
+
+    with part.open(ref, config.storage) as f:
+        for sample in iter_shard(f, part.uri(ref)):
+            verdict = verdicts.get(sample["__key__"])
+            sample = {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
+            if verdict is None:
+                kept.write(sample)
+            elif "quarantine" in verdict:
+                quarantine.write({**sample, "json": _with_reason(sample, verdict["quarantine"])})
+                reason = {"reasons": [verdict["quarantine"]], "stage": "ingest"}
+                reasons.write({"key": sample["__key__"], "source_ref": verdict["source_ref"], **reason})
+            else:
+                duplicates.write({"key": sample["__key__"], **verdict})
+
+
+def _read_jsonl(manifest: Manifest, sidecar: str, config: Config) -> Iterator[dict[str, Any]]:
+    key = manifest.meta.get("sidecars", {}).get(sidecar)
+    if not key:
+        return
+    with manifest.open(key, config.storage) as f:
+        for line in io.TextIOWrapper(f, encoding="utf-8"):
+            if line.strip():
+                yield json.loads(line)
+
+
+def _relative(root: str, base: str) -> str:
+    if not root.startswith(base.rstrip("/") + "/"):
+        raise ValueError(f"partition {root} is not inside the dataset {base}")
+    return root[len(base.rstrip("/")) + 1 :].rstrip("/")
+
+
+def _with_reason(sample: dict[str, Any], reason: str) -> dict[str, Any]:
+    meta = json.loads(sample.get("json") or b"{}")
+    return {**meta, "reasons": [*meta.get("reasons", []), reason]}

@@ -31,6 +31,8 @@ __all__ = [
     "TrainResult",
     "RECIPES",
     "train",
+    "run_uri",
+    "finished_model",
     "load_model_dir",
     "load_model_pipeline",
 ]
@@ -390,24 +392,29 @@ class Trainer:
         )
 
     def _finished(self, model_uri: str) -> TrainResult | None:
-        try:
-            manifest = read_manifest(join_uri(model_uri, "manifest.json"), self.config.storage)
-        except ManifestError:
-            return None
-        if manifest.meta.get("steps") != self.recipe.steps or manifest.meta.get("recipe") != self.name:
-            return None
-        log.info("%s: %s already holds the finished model; reusing it", self.name, model_uri)
-        return TrainResult(
-            self.name,
-            self.recipe.steps,
-            model_uri,
-            join_uri(model_uri, "manifest.json"),
-            manifest.fingerprint,
-            None,
-            float(manifest.meta.get("final_loss", float("nan"))),
-            0.0,
-            reused=True,
-        )
+        return finished_model(self.name, self.recipe.steps, model_uri, self.config)
+
+
+def finished_model(recipe: str, steps: int, model_uri: str, config: Config) -> TrainResult | None:
+    """The result of a run whose model is already exported at `model_uri` by `recipe` to `steps`, else None."""
+    try:
+        manifest = read_manifest(join_uri(model_uri, "manifest.json"), config.storage)
+    except ManifestError:
+        return None
+    if manifest.meta.get("steps") != steps or manifest.meta.get("recipe") != recipe:
+        return None
+    log.info("%s: %s already holds the finished model; reusing it", recipe, model_uri)
+    return TrainResult(
+        recipe,
+        steps,
+        model_uri,
+        join_uri(model_uri, "manifest.json"),
+        manifest.fingerprint,
+        None,
+        float(manifest.meta.get("final_loss", float("nan"))),
+        0.0,
+        reused=True,
+    )
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool) -> Any:
@@ -693,6 +700,28 @@ RECIPES: dict[str, type[Trainer]] = {
 }
 
 
+def run_uri(
+    recipe: str, config: Config, data_uri: str, base: str | None, judges: str | None, out: str | None = None
+) -> str:
+    """The run's URI (checkpoints/ and model/ below it): `out`, or by default
+    `<store>/runs/<recipe>-<fingerprint of inputs and config>`, made absolute for other processes and pods."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    if out is None:
+        key = fingerprint(
+            {
+                "recipe": recipe,
+                "data": data_uri,
+                "base": base,
+                "model": to_dict(config.model),
+                "train": to_dict(config.train),
+                **({"judges": judges} if judges else {}),
+            }
+        )
+        out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
+    return open_store(out, config.storage).root
+
+
 def train(
     recipe: str,
     config: Config,
@@ -717,21 +746,7 @@ def train(
     Returns:
         The exported model's URI and version, the steps, and whether it resumed.
     """
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
-    if out is None:
-        key = fingerprint(
-            {
-                "recipe": recipe,
-                "data": data_uri,
-                "base": base,
-                "model": to_dict(config.model),
-                "train": to_dict(config.train),
-                **({"judges": judges} if judges else {}),
-            }
-        )
-        out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
-    out = open_store(out, config.storage).root  # absolute: other processes and pods read it
+    out = run_uri(recipe, config, data_uri, base, judges, out)
     trainer = RECIPES[recipe](
         config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe, judges=judges
     )

@@ -1,0 +1,104 @@
+"""Data components: partitioned ingestion and validation."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Dataset, Output
+
+from photogenic.components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def plan_ingest(preset: str, overrides: list, source: str, partitions: int) -> list:
+    """Cut the source into partitions that ingest in parallel.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        source: `world`, a captions table URI (.jsonl/.csv/.parquet) or tar shards.
+        partitions: how many (capped at the source's number of 256-row chunks).
+
+    Returns:
+        One `{"index", "count", "out"}` dict per partition.
+    """
+    from photogenic import tasks
+
+    return tasks.plan_ingest(tasks.task_config(preset, overrides), source, partitions)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def ingest_partition(preset: str, overrides: list, source: str, partition: dict, parent_run_id: str) -> str:
+    """Ingest one partition into its own tar shards, de-duplicated within it, bad rows quarantined.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        source: the source spec (as for `plan_ingest`).
+        partition: one item of `plan_ingest`'s list.
+        parent_run_id: the MLflow parent run.
+
+    Returns:
+        The partition's manifest URI.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    return tasks.ingest_partition(config, source, partition, parent_run_id)["manifest_uri"]
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def merge_ingest(
+    preset: str, overrides: list, source: str, parts: list, parent_run_id: str, dataset: Output[Dataset]
+) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
+    """Join the partitions into one dataset (cross-partition duplicates removed) and publish its manifest.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        source: the source spec.
+        parts: the partitions' manifest URIs.
+        parent_run_id: the MLflow parent run.
+        dataset: the dataset manifest (the shards stay in the store).
+
+    Returns:
+        uri: the manifest URI; version: the dataset's content fingerprint; result: counts and timing.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.merge_ingest(config, source, parts, parent_run_id)
+    tasks.publish_artifact(dataset, result["manifest_uri"], config)
+    return (result["manifest_uri"], result["fingerprint"], result)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def validate(
+    preset: str,
+    overrides: list,
+    data_uri: str,
+    data_version: str,
+    parent_run_id: str,
+    dataset: Output[Dataset],
+    report: Output[HTML],
+) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
+    """Validate the ingested dataset with Great Expectations; failing samples are quarantined with reasons.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        data_uri: the ingested dataset's manifest URI.
+        data_version: its content fingerprint (the cache key: same data, same result).
+        parent_run_id: the MLflow parent run.
+        dataset: the clean dataset's manifest.
+        report: the HTML validation report.
+
+    Returns:
+        uri: the clean dataset's manifest URI; version: its fingerprint; result: counts and report URI.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.validate_data(config, data_uri, parent_run_id)
+    tasks.publish_artifact(dataset, result["manifest_uri"], config, input_version=data_version)
+    tasks.copy_report(result["report_uri"], report, config)
+    return (result["manifest_uri"], result["fingerprint"], result)

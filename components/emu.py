@@ -1,0 +1,178 @@
+"""The Emu components: judges, curation, evaluation, registration, and the run's summary."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Output
+
+from photogenic.components.images import CPU_IMAGE
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def judges(preset: str, overrides: list, purpose: str, parent_run_id: str, judge_set: Output[Artifact]) -> NamedTuple(
+    "Outputs", [("uri", str), ("version", str), ("result", dict)]
+):
+    """Train and validate a judge set on oracle-labelled renders drawn with their own seeds.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        purpose: `curation` (the rating set behind the automatic filters) or `evaluation` (the raters).
+        parent_run_id: the MLflow parent run.
+        judge_set: the judge set's manifest, with its validation metrics.
+
+    Returns:
+        uri: the judge set's folder; version: its fingerprint; result: the validation metrics.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.train_judges(config, purpose, parent_run_id)
+    tasks.publish_artifact(judge_set, result["manifest_uri"], config, purpose=purpose, **result["metrics"])
+    return (result["uri"], result["fingerprint"], result)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def curate(
+    preset: str,
+    overrides: list,
+    data_uri: str,
+    data_version: str,
+    judges_uri: str,
+    judges_version: str,
+    parent_run_id: str,
+    dataset: Output[Dataset],
+    funnel: Output[HTML],
+) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
+    """The curation funnel: automatic filters, generalist and specialist review, the QT dataset.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        data_uri: the validated dataset's manifest URI.
+        data_version: its content fingerprint (with `judges_version`, the cache key).
+        judges_uri: the curation judge set.
+        judges_version: its fingerprint.
+        parent_run_id: the MLflow parent run.
+        dataset: the QT dataset's manifest.
+        funnel: the funnel report (counts after every filter and round, rejected samples by reason).
+
+    Returns:
+        uri: the QT dataset's manifest URI; version: its fingerprint; result: the funnel.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id)
+    tasks.publish_artifact(dataset, result["manifest_uri"], config)
+    tasks.copy_report(result["report_uri"], funnel, config)
+    return (result["manifest_uri"], result["fingerprint"], result)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def evaluate(
+    preset: str,
+    overrides: list,
+    model_a: str,
+    model_a_version: str,
+    model_b: str,
+    model_b_version: str,
+    judges_uri: str,
+    judges_version: str,
+    parent_run_id: str,
+    report: Output[HTML],
+) -> NamedTuple("Outputs", [("uri", str), ("result", dict)]):
+    """Compare model A (the candidate) with model B (the reference) on the same prompts and seeds:
+    visual appeal without the prompt, text faithfulness with it; win, tie and loss with 95% intervals.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        model_a: the candidate model (a "win" means A is better).
+        model_a_version: its fingerprint (the versions are the cache key).
+        model_b: the reference model.
+        model_b_version: its fingerprint.
+        judges_uri: the evaluation judge set (never the curation one).
+        judges_version: its fingerprint.
+        parent_run_id: the MLflow parent run.
+        report: the HTML report: side-by-side grid, tables, funnel, judge validity.
+
+    Returns:
+        uri: the evaluation's manifest URI; result: the metrics and the judges' verdict.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.evaluate_models(config, model_a, model_b, judges_uri, parent_run_id)
+    tasks.copy_report(result["report_uri"], report, config)
+    return (result["manifest_uri"], result)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def register(preset: str, overrides: list, model: dict, evaluation: dict, model_name: str, parent_run_id: str) -> dict:
+    """Register the quality-tuned model in MLflow; alias it `champion` only if the evaluation passes the
+    gate (appeal win rate's lower bound above 50%, faithfulness not worse, judges valid).
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        model: the quality-tune result.
+        evaluation: the evaluation result.
+        model_name: the registered model's name.
+        parent_run_id: the MLflow parent run.
+
+    Returns:
+        name, version, alias ("" if the gate failed), the gate's verdict and the model's URI.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    return tasks.register_model(config, model, evaluation, model_name, parent_run_id)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def summarize(
+    preset: str,
+    overrides: list,
+    ingest: dict,
+    validate: dict,
+    autoencoder: dict,
+    pretrain: dict,
+    judges_curation: dict,
+    judges_evaluation: dict,
+    curate: dict,
+    quality_tune: dict,
+    evaluate: dict,
+    register: dict,
+    parent_run_id: str,
+    summary_uri: str,
+) -> dict:
+    """Gather every stage's result into the run's summary: logged on the parent run as `summary.json`,
+    and written to `summary_uri` when given (the local run reads it from there).
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        ingest, validate, autoencoder, pretrain, judges_curation, judges_evaluation, curate, quality_tune,
+            evaluate, register: the stages' results.
+        parent_run_id: the MLflow parent run.
+        summary_uri: where to write the summary JSON ("" for nowhere).
+
+    Returns:
+        The summary.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    stages = {
+        "ingest": ingest,
+        "validate": validate,
+        "autoencoder": autoencoder,
+        "pretrain": pretrain,
+        "judges": {"curation": judges_curation, "evaluation": judges_evaluation},
+        "curate": curate,
+        "quality_tune": quality_tune,
+        "evaluate": evaluate,
+        "register": register,
+    }
+    return tasks.summarize(config, stages, parent_run_id, summary_uri)

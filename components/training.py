@@ -1,0 +1,120 @@
+"""Training components: a recipe in the task's own pod, or as a multi-node job on the training operator."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Model, Output
+
+from photogenic.components.images import CPU_IMAGE, TRAIN_IMAGE
+
+
+@dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
+def train(
+    preset: str,
+    overrides: list,
+    recipe: str,
+    data_uri: str,
+    data_version: str,
+    base: str,
+    base_version: str,
+    judges: str,
+    parent_run_id: str,
+    model: Output[Model],
+) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
+    """Train one recipe (DeepSpeed, resuming from the run's latest checkpoint) and export the model.
+
+    Args:
+        preset: the config preset.
+        overrides: config overrides.
+        recipe: `autoencoder`, `pretrain` or `quality_tune`.
+        data_uri: the training dataset's manifest URI.
+        data_version: its content fingerprint (with `base_version`, the cache key).
+        base: the model to start from ("" for none): the autoencoder, or the pretrained model.
+        base_version: its fingerprint ("" for none).
+        judges: the curation judge set for early stopping ("" for none).
+        parent_run_id: the MLflow parent run.
+        model: the exported model's manifest (the weights stay in the store, in diffusers format).
+
+    Returns:
+        uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
+    """
+    from photogenic import tasks
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id)
+    tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
+    return (result["model_uri"], result["fingerprint"], result)
+
+
+@dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
+def launch_training(
+    preset: str,
+    overrides: list,
+    recipe: str,
+    data_uri: str,
+    data_version: str,
+    base: str,
+    base_version: str,
+    judges: str,
+    parent_run_id: str,
+    backend: str,
+    nodes: int,
+    gpus_per_node: int,
+    node_selector: dict,
+    tolerations: list,
+    cache_pvc: str,
+    timeout_hours: float,
+    kfp_run_id: str,
+    model: Output[Model],
+) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
+    """Train one recipe across GPU nodes: create a PyTorchJob (or a Trainer v2 TrainJob), stream the
+    master's log, wait, fail with the operator's reason, delete the job. This pod holds no GPU.
+
+    Args:
+        preset: the config preset (the job's pods resolve the same config).
+        overrides: config overrides.
+        recipe: `pretrain` (or `autoencoder`, `quality_tune`).
+        data_uri: the training dataset's manifest URI.
+        data_version: its content fingerprint (cache key).
+        base: the model to start from ("" for none).
+        base_version: its fingerprint ("" for none).
+        judges: the curation judge set for early stopping ("" for none).
+        parent_run_id: the MLflow parent run (rank 0 of the job logs under it).
+        backend: `pytorchjob` or `trainjob`.
+        nodes: number of nodes.
+        gpus_per_node: GPUs (and torchrun processes) per node.
+        node_selector: the job pods' node selector.
+        tolerations: the job pods' tolerations (Kubernetes toleration objects).
+        cache_pvc: a PVC for the dataset cache ("" for none).
+        timeout_hours: fail the task and delete the job after this long.
+        kfp_run_id: this KFP run's id (names the job).
+        model: the exported model's manifest.
+
+    Returns:
+        uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
+    """
+    from photogenic import tasks
+    from photogenic.components.images import TRAIN_IMAGE
+
+    config = tasks.task_config(preset, overrides)
+    result = tasks.launch_training(
+        config,
+        preset,
+        overrides,
+        recipe,
+        data_uri,
+        base,
+        judges,
+        parent_run_id,
+        backend=backend,
+        image=TRAIN_IMAGE,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        job_key=f"{kfp_run_id}"[:24],
+        node_selector=node_selector,
+        tolerations=tolerations,
+        cache_pvc=cache_pvc,
+        timeout_s=timeout_hours * 3600,
+    )
+    tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
+    return (result["model_uri"], result["fingerprint"], result)

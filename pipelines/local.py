@@ -1,0 +1,169 @@
+"""The main job on one machine: the same pipeline, run by `kfp.local` with every task a local subprocess.
+
+`photogenic run` calls `run_locally`. Task output goes to a log file in the workspace; the console gets
+one progress line per task, and a failing task's own error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import sys
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["run_locally", "LocalRunError"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_ENDED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit|Interrupt|Failure)\b.*?: .+)$")
+
+
+class LocalRunError(RuntimeError):
+    """A stage of the local pipeline run failed; the message is the stage's own error."""
+
+    def __init__(self, task: str, error: str, log_path: Path) -> None:
+        super().__init__(f"stage {task!r} failed: {error}\n  full log: {log_path}")
+        self.task, self.error, self.log_path = task, error, log_path
+
+
+@dataclass
+class _Progress(io.TextIOBase):
+    """Everything the run prints goes to the log file; task starts and ends become console lines."""
+
+    log: TextIO
+    console: TextIO
+    started: dict[str, float] = field(default_factory=dict)
+    tails: dict[str, deque[str]] = field(default_factory=dict)
+    current: str = ""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    done: int = 0
+    _partial: str = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._line(_ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+    def _line(self, line: str) -> None:
+        if m := _STARTED.search(line):
+            self.current = m.group(1)
+            self.started[self.current] = time.perf_counter()
+            self.tails[self.current] = deque(maxlen=200)
+            return
+        if m := _ENDED.search(line):
+            task, status = m.group(1), m.group(2)
+            seconds = time.perf_counter() - self.started.get(task, time.perf_counter())
+            self.done += 1
+            mark = "ok" if status == "SUCCESS" else status
+            self.console.write(f"  [{self.done:2d}] {task:<28s} {mark:<8s} {seconds:7.1f} s\n")
+            self.console.flush()
+            if status != "SUCCESS":
+                self.failed.append((task, self._error_of(task)))
+            return
+        if self.current:
+            self.tails[self.current].append(line)
+
+    def _error_of(self, task: str) -> str:
+        for line in reversed(self.tails.get(task, ())):
+            if m := _EXCEPTION.match(line):
+                return m.group(1).strip()
+        return "the task failed without an error message (see the log)"
+
+
+def run_locally(
+    preset: str,
+    overrides: Sequence[str],
+    workspace: str | Path,
+    source: str = "world",
+    ingest_partitions: int = 2,
+    summary_path: str | Path | None = None,
+    console: TextIO | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline through `kfp.local` (`SubprocessRunner(use_venv=False)`: this environment).
+
+    Args:
+        preset: the config preset.
+        overrides: `key=value` config overrides (the workspace is added as an absolute path).
+        workspace: the local workspace (store, MLflow database, KFP outputs, logs).
+        source: what to ingest.
+        ingest_partitions: parallel ingestion tasks.
+        summary_path: where the summary JSON goes; default `<workspace>/summary.json`.
+        console: where progress lines go (default stderr).
+
+    Returns:
+        The summary (as `photogenic.tasks.summarize` writes it), plus `summary_path` and `log_path`.
+
+    Raises:
+        LocalRunError: with the failing stage's name and its own error message.
+    """
+    from kfp import local
+
+    from photogenic.pipelines.compiler import pipeline_version
+    from photogenic.pipelines.quality_tuning import build
+
+    workspace = Path(workspace).expanduser().resolve()
+    logs = workspace / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    summary = Path(summary_path).resolve() if summary_path else workspace / "summary.json"
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.unlink(missing_ok=True)  # never report an older run's summary
+    log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
+    items = [o for o in overrides if not o.startswith("workspace=")] + [f"workspace={workspace}"]
+    console = console or sys.stderr
+    console.write(f"Running the pipeline locally (kfp.local); task output: {log_path}\n")
+    pipeline = build(pipeline_version())
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        progress = _Progress(log_file, console)
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"))
+        try:
+            with contextlib.redirect_stdout(progress), _quiet_runner_warning():
+                pipeline(
+                    preset=preset,
+                    overrides=items,
+                    source=source,
+                    ingest_partitions=ingest_partitions,
+                    pretrain_backend="in-task",
+                    gpus_per_node=0,
+                    summary_uri=str(summary),
+                )
+        except Exception as exc:  # kfp.local raises RuntimeError for a failed task, others for its own faults
+            if progress.failed:
+                task, error = progress.failed[0]
+            else:
+                task, error = progress.current or "pipeline", f"{type(exc).__name__}: {_ANSI.sub('', str(exc))}"
+            raise LocalRunError(task, error, log_path) from exc
+    if not summary.exists():
+        raise LocalRunError("summarize", f"the run finished but wrote no summary at {summary}", log_path)
+    result = json.loads(summary.read_text())
+    result["summary_path"], result["log_path"] = str(summary), str(log_path)
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_runner_warning() -> Any:
+    """kfp.local warns for every task whose image name lacks 'python' (ours are named for what they hold),
+    and for each cluster setting (resources, GPUs) it cannot apply on this machine."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You may be attemping to run a task", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner", category=UserWarning)
+        yield

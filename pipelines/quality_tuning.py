@@ -1,0 +1,182 @@
+"""The pipeline: Emu's recipe as wiring. Every stage is a component; Kubernetes settings are helpers.
+
+ingest (partitions in parallel) -> validate -> autoencoder -> pretrain -> curate -> quality-tune
+-> evaluate -> register, with judges trained beside, all under one MLflow parent run that an exit
+handler closes as FINISHED or FAILED.
+"""
+
+from kfp import dsl
+
+from photogenic import components as c
+from photogenic.pipelines.kubernetes import (
+    data_task,
+    network_retries,
+    on_gpu,
+    small,
+    uncached,
+    with_cluster_env,
+)
+
+PIPELINE_NAME = "photogenic-quality-tuning"
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def build(version: str) -> dsl.graph_component.GraphComponent:
+    """The pipeline, with `version` (package version and commit) baked in as the parent run's tag."""
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description=f"Photogenic {version}: quality-tuning of a latent diffusion model (Emu, Dai et al. 2023).",
+    )
+    def quality_tuning(
+        preset: str = "demo",
+        overrides: list = [],  # noqa: B006 - KFP reads the default from here
+        source: str = "world",
+        ingest_partitions: int = 2,
+        pretrain_backend: str = "in-task",
+        pretrain_nodes: int = 1,
+        gpus_per_node: int = 1,
+        gpu_node_selector: dict = {},  # noqa: B006
+        gpu_tolerations: list = GPU_TOLERATIONS,
+        training_timeout_hours: float = 168.0,
+        model_name: str = "photogenic-quality-tuned",
+        summary_uri: str = "",
+    ) -> None:
+        """Photogenic's pipeline.
+
+        Args:
+            preset: config preset (`tiny`, `demo`, `gpu`).
+            overrides: `dotted.key=value` config overrides, e.g. `["storage.root=s3://bucket/photogenic"]`.
+            source: what to ingest: `world`, a captions table URI, or tar shards.
+            ingest_partitions: parallel ingestion tasks.
+            pretrain_backend: `in-task` (the task's own pod), `pytorchjob` or `trainjob` (multi-node).
+            pretrain_nodes: nodes of the pretraining job.
+            gpus_per_node: GPUs per training pod (in-task training tasks and each job node).
+            gpu_node_selector: node selector for training pods.
+            gpu_tolerations: tolerations for training pods.
+            training_timeout_hours: a launched job fails after this long.
+            model_name: the MLflow registered model.
+            summary_uri: where the run's summary JSON goes ("" = only on the MLflow parent run).
+        """
+        cfg = {"preset": preset, "overrides": overrides}
+        job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        closer = c.close_run(**cfg, kfp_run_id=job_id)
+        small(network_retries(uncached(with_cluster_env(closer))))
+        with dsl.ExitHandler(closer, name="photogenic"):
+            parent = c.open_run(**cfg, kfp_run_id=job_id, pipeline_version=version)
+            small(network_retries(uncached(with_cluster_env(parent))))
+            run_id = parent.output
+
+            plan = small(uncached(with_cluster_env(c.plan_ingest(**cfg, source=source, partitions=ingest_partitions))))
+            with dsl.ParallelFor(plan.output, parallelism=8) as part:
+                piece = c.ingest_partition(**cfg, source=source, partition=part, parent_run_id=run_id)
+                data_task(network_retries(uncached(with_cluster_env(piece))))
+            ingested = c.merge_ingest(**cfg, source=source, parts=dsl.Collected(piece.output), parent_run_id=run_id)
+            data_task(network_retries(uncached(with_cluster_env(ingested))))
+
+            clean = c.validate(
+                **cfg, data_uri=ingested.outputs["uri"], data_version=ingested.outputs["version"], parent_run_id=run_id
+            )
+            data_task(network_retries(with_cluster_env(clean)))
+            data = {"data_uri": clean.outputs["uri"], "data_version": clean.outputs["version"]}
+
+            autoencoder = c.train(
+                **cfg, recipe="autoencoder", **data, base="", base_version="", judges="", parent_run_id=run_id
+            )
+            on_gpu(network_retries(with_cluster_env(autoencoder)), gpus_per_node, gpu_node_selector, gpu_tolerations)
+            base = {"base": autoencoder.outputs["uri"], "base_version": autoencoder.outputs["version"]}
+
+            with dsl.If(pretrain_backend == "in-task", "pretrain-in-task"):
+                pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", parent_run_id=run_id)
+                on_gpu(
+                    network_retries(with_cluster_env(pretrain_here)), gpus_per_node, gpu_node_selector, gpu_tolerations
+                )
+            with dsl.Else("pretrain-on-training-operator"):
+                pretrain_job = c.launch_training(
+                    **cfg,
+                    recipe="pretrain",
+                    **data,
+                    **base,
+                    judges="",
+                    parent_run_id=run_id,
+                    backend=pretrain_backend,
+                    nodes=pretrain_nodes,
+                    gpus_per_node=gpus_per_node,
+                    node_selector=gpu_node_selector,
+                    tolerations=gpu_tolerations,
+                    cache_pvc="photogenic-cache",
+                    timeout_hours=training_timeout_hours,
+                    kfp_run_id=job_id,
+                )
+                small(network_retries(with_cluster_env(pretrain_job)))
+            pretrained_uri = dsl.OneOf(pretrain_here.outputs["uri"], pretrain_job.outputs["uri"])
+            pretrained_version = dsl.OneOf(pretrain_here.outputs["version"], pretrain_job.outputs["version"])
+            pretrained_result = dsl.OneOf(pretrain_here.outputs["result"], pretrain_job.outputs["result"])
+
+            curation_judges = data_task(
+                network_retries(with_cluster_env(c.judges(**cfg, purpose="curation", parent_run_id=run_id)))
+            )
+            raters = data_task(
+                network_retries(with_cluster_env(c.judges(**cfg, purpose="evaluation", parent_run_id=run_id)))
+            )
+
+            curated = c.curate(
+                **cfg,
+                **data,
+                judges_uri=curation_judges.outputs["uri"],
+                judges_version=curation_judges.outputs["version"],
+                parent_run_id=run_id,
+            )
+            data_task(network_retries(with_cluster_env(curated)))
+
+            tuned = c.train(
+                **cfg,
+                recipe="quality_tune",
+                data_uri=curated.outputs["uri"],
+                data_version=curated.outputs["version"],
+                base=pretrained_uri,
+                base_version=pretrained_version,
+                judges=curation_judges.outputs["uri"],
+                parent_run_id=run_id,
+            )
+            on_gpu(network_retries(with_cluster_env(tuned)), gpus_per_node, gpu_node_selector, gpu_tolerations)
+
+            evaluation = c.evaluate(
+                **cfg,
+                model_a=tuned.outputs["uri"],
+                model_a_version=tuned.outputs["version"],
+                model_b=pretrained_uri,
+                model_b_version=pretrained_version,
+                judges_uri=raters.outputs["uri"],
+                judges_version=raters.outputs["version"],
+                parent_run_id=run_id,
+            )
+            data_task(network_retries(with_cluster_env(evaluation)))
+
+            registered = c.register(
+                **cfg,
+                model=tuned.outputs["result"],
+                evaluation=evaluation.outputs["result"],
+                model_name=model_name,
+                parent_run_id=run_id,
+            )
+            small(network_retries(uncached(with_cluster_env(registered))))
+
+            summary = c.summarize(
+                **cfg,
+                ingest=ingested.outputs["result"],
+                validate=clean.outputs["result"],
+                autoencoder=autoencoder.outputs["result"],
+                pretrain=pretrained_result,
+                judges_curation=curation_judges.outputs["result"],
+                judges_evaluation=raters.outputs["result"],
+                curate=curated.outputs["result"],
+                quality_tune=tuned.outputs["result"],
+                evaluate=evaluation.outputs["result"],
+                register=registered.output,
+                parent_run_id=run_id,
+                summary_uri=summary_uri,
+            )
+            small(network_retries(uncached(with_cluster_env(summary))))
+
+    return quality_tuning
