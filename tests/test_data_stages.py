@@ -337,3 +337,53 @@ def test_perceptual_hash_is_imagehash_phash_per_channel() -> None:
             for channel in image.split():
                 reference = (reference << 64) | int(str(imagehash.phash(channel)), 16)
             assert _channel_phash(image) == reference
+
+
+def test_partitioned_ingest_merges_into_the_same_samples_as_one_ingest(tmp_path: Path) -> None:
+    from photogenic.data.ingest import merge_partitions, partition_plan
+    from photogenic.data.shards import iter_dataset
+
+    config = _config(tmp_path, "world.num_samples=1100", "world.duplicate_rate=0.04")
+    whole = ingest("world", config)
+    plan = partition_plan("world", config, 3)
+    assert [p["index"] for p in plan] == [0, 1, 2] and all("/parts/" in p["out"] for p in plan)
+    parts = [ingest("world", config, partition=(p["index"], p["count"])) for p in plan]
+    assert sum(p.counts["duplicates"] for p in parts) < whole.counts["duplicates"]  # some pairs span partitions
+    merged = merge_partitions("world", [p.manifest_uri for p in reversed(parts)], config)  # any order
+    assert merged.counts == whole.counts
+    m_whole, m_merged = (read_manifest(r.manifest_uri, config.storage) for r in (whole, merged))
+    keys = [sorted(s["__key__"] for s in iter_dataset(m, config.storage)) for m in (m_whole, m_merged)]
+    assert keys[0] == keys[1]
+    dup = [{d["key"] for d in _jsonl_rows(m, "duplicates.jsonl", config)} for m in (m_whole, m_merged)]
+    assert dup[0] == dup[1]
+    oracle = [{d["key"] for d in _jsonl_rows(m, "oracle.jsonl", config)} for m in (m_whole, m_merged)]
+    assert oracle[0] == oracle[1] == set(keys[0])
+    assert merge_partitions("world", [p.manifest_uri for p in parts], config).reused
+    with pytest.raises(ValueError, match="not one complete set of partitions"):
+        merge_partitions("world", [parts[0].manifest_uri, parts[2].manifest_uri], config)
+
+
+def test_a_key_reused_across_partitions_is_quarantined_with_its_reason(tmp_path: Path) -> None:
+    from photogenic.data.ingest import merge_partitions
+
+    folder = tmp_path / "raw"
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i, s in enumerate(iter_world(load_config("tiny", overrides=["world.num_samples=300"]).world, 0, 300)):
+        (folder / "img" / f"{i}.png").write_bytes(s.image)
+        key = "clash" if i in (3, 290) else s.key  # rows 3 and 290 land in different 256-row chunks
+        rows.append({"key": key, "caption": s.caption, "image": f"img/{i}.png"})
+    (folder / "captions.jsonl").write_bytes(_jsonl(rows))
+    config = _config(tmp_path)
+    source = str(folder / "captions.jsonl")
+    parts = [ingest(source, config, partition=(i, 2)) for i in range(2)]
+    merged = merge_partitions(source, [p.manifest_uri for p in parts], config)
+    assert merged.counts["input"] == 300
+    assert merged.counts["input"] == sum(merged.counts[k] for k in ("samples", "duplicates", "quarantined"))
+    manifest = read_manifest(merged.manifest_uri, config.storage)
+    reasons = [r for r in _jsonl_rows(manifest, "quarantine.jsonl", config) if r["key"] == "clash"]
+    assert len(reasons) == 1 and "duplicate key 'clash'" in reasons[0]["reasons"][0]
+    from photogenic.data.shards import iter_dataset
+
+    quarantined = [s for s in iter_dataset(manifest, config.storage, group="quarantine") if s["__key__"] == "clash"]
+    assert len(quarantined) == 1  # the sample is kept aside, not dropped

@@ -353,6 +353,7 @@ def summarize(config: Config, stages: Mapping[str, Any], parent_run_id: str, sum
     """The run's summary (every stage's result, the MLflow run, the command to compare runs): written
     to `summary_uri` if given and logged on the parent run as `summary.json`."""
     uri = tracking_uri(config)
+    stages = _integral(stages)
     summary = {
         "preset": config.preset,
         "config_fingerprint": config.fingerprint(),
@@ -387,6 +388,17 @@ def summarize(config: Config, stages: Mapping[str, Any], parent_run_id: str, sum
         folder, name = split_parent(summary_uri)
         open_store(folder, config.storage).put_bytes(name, json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _integral(value: Any, key: str = "") -> Any:
+    """Counts and steps back to ints: KFP carries every number of a dict parameter as a double."""
+    if isinstance(value, Mapping):
+        return {k: v if k == "metrics" else _integral(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v, key) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def publish_artifact(artifact: Any, manifest_uri: str, config: Config, **metadata: Any) -> None:

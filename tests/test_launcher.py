@@ -1,0 +1,254 @@
+"""The multi-node training launcher, against a fake of the Kubernetes API.
+
+No cluster can run on these machines, so `FakeCustomObjects` and `FakeCore` stand in for the kubernetes
+client's CustomObjectsApi and CoreV1Api: they keep created objects in memory and move a job through the
+conditions the training operator would set. The job bodies themselves are built and checked with the
+Kubeflow SDKs' typed models, and one test runs the pods' exact command (`photogenic train ...`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from kubernetes.client.exceptions import ApiException
+
+from photogenic.launcher import LaunchError, TrainingJob, job_name, launch, pytorchjob, trainjob
+
+GROUPS = {"pytorchjobs": "kubeflow.org", "trainjobs": "trainer.kubeflow.org"}
+
+
+class FakeCustomObjects:
+    """CustomObjectsApi's create/get/delete, with `script` giving the status the n-th `get` returns."""
+
+    def __init__(self, script: Callable[[int, dict], dict | None], on_create: Callable[[dict], None] | None = None):
+        self.script, self.on_create = script, on_create
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.created: list[dict] = []
+        self.deleted: list[str] = []
+        self.gets = 0
+
+    def create_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, body: dict):
+        assert GROUPS[plural] == group and body["apiVersion"] == f"{group}/{version}"
+        key = (plural, namespace, body["metadata"]["name"])
+        if key in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.objects[key] = dict(body)
+        self.created.append(body)
+        if self.on_create:
+            self.on_create(body)
+        return body
+
+    def get_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str):
+        obj = self.objects[(plural, namespace, name)]
+        status = self.script(self.gets, obj)
+        self.gets += 1
+        return {**obj, "status": status or {}}
+
+    def delete_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str):
+        if self.objects.pop((plural, namespace, name), None) is None:
+            raise ApiException(status=404, reason="NotFound")
+        self.deleted.append(name)
+
+
+class FakeCore:
+    """CoreV1Api's pod listing and logs: the master pod appears after the first poll, its log grows."""
+
+    def __init__(self, lines: list[str]):
+        self.lines, self.reads, self.selectors = lines, 0, []
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str = ""):
+        self.selectors.append(label_selector)
+        if self.reads == 0:
+            self.reads += 1
+            return SimpleNamespace(items=[])
+        return SimpleNamespace(items=[SimpleNamespace(metadata=SimpleNamespace(name="job-master-0"))])
+
+    def read_namespaced_pod_log(self, name: str, namespace: str) -> str:
+        self.reads += 1
+        return "".join(self.lines[: self.reads])
+
+
+def _condition(kind: str, reason: str = "", message: str = "") -> dict:
+    return {
+        "conditions": [
+            {"type": "Running", "status": "False"},
+            {"type": kind, "status": "True", "reason": reason, "message": message},
+        ]
+    }
+
+
+def _job(**kw: Any) -> TrainingJob:
+    base = dict(
+        name="photogenic-pretrain-abc",
+        namespace="team-a",
+        image="registry/photogenic-train:1",
+        args=("train", "pretrain", "--data", "s3://b/d/manifest.json"),
+    )
+    return TrainingJob(**{**base, **kw})
+
+
+def test_pytorchjob_body_from_the_sdk_models() -> None:
+    tol = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    body = pytorchjob(_job(nodes=4, gpus_per_node=8, node_selector={"gpu": "h100"}, tolerations=tol, cache_pvc="c"))
+    from kubeflow.training.models import KubeflowOrgV1PyTorchJob
+
+    assert body["apiVersion"] == "kubeflow.org/v1" and body["kind"] == "PyTorchJob"
+    specs = body["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 3
+    pod = specs["Worker"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["name"] == "pytorch"  # the name the operator looks for
+    assert container["command"] == [
+        "torchrun",
+        "--nproc-per-node=8",
+        "-m",
+        "photogenic",
+        "train",
+        "pretrain",
+        "--data",
+        "s3://b/d/manifest.json",
+    ]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    assert pod["nodeSelector"] == {"gpu": "h100"} and pod["tolerations"] == tol
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    secret_refs = {e["name"]: e["valueFrom"] for e in container["env"] if "valueFrom" in e}
+    assert secret_refs["AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "photogenic-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
+    assert not [e for e in container["env"] if "SECRET" in e["name"] and "value" in e]
+    assert body["spec"]["nprocPerNode"] == "8"
+    # Round-trips through the SDK's typed model.
+    from kubeflow.training import ApiClient
+
+    typed = ApiClient().deserialize(SimpleNamespace(data=__import__("json").dumps(body)), KubeflowOrgV1PyTorchJob)
+    assert typed.spec.pytorch_replica_specs["Worker"].replicas == 3
+
+
+def test_trainjob_body_passes_the_trainer_api_models_and_rejects_unknown_fields() -> None:
+    body = trainjob(_job(nodes=2, gpus_per_node=4, node_selector={"gpu": "h100"}))
+    assert body["kind"] == "TrainJob" and body["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = body["spec"]["trainer"]
+    assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4
+    assert trainer["args"] == ["train", "pretrain", "--data", "s3://b/d/manifest.json"]
+    patch = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert patch["template"]["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": "h100"}
+    from photogenic.launcher import _same_fields
+
+    with pytest.raises(ValueError, match="envFrom: not a field"):
+        _same_fields({"spec": {"envFrom": []}}, {"spec": {}}, "TrainJob")
+
+
+@pytest.mark.parametrize("backend", ["pytorchjob", "trainjob"])
+def test_launch_waits_streams_the_master_log_and_deletes_the_job(backend: str) -> None:
+    custom = FakeCustomObjects(
+        lambda n, _: _condition("Succeeded" if backend == "pytorchjob" else "Complete") if n >= 2 else None
+    )
+    core = FakeCore(["step 1/3\n", "step 2/3\n", "step 3/3 done\n", "exported\n"])
+    out, slept = io.StringIO(), []
+    launch(_job(), backend=backend, poll_s=7, apis=(custom, core), out=out, sleep=slept.append)  # type: ignore[arg-type]
+    assert len(custom.created) == 1 and custom.deleted == ["photogenic-pretrain-abc"] and not custom.objects
+    assert out.getvalue().startswith("step 1/3\n") and "done" in out.getvalue()
+    assert slept == [7, 7]
+    assert "replica-type=master" in core.selectors[0] or "job-completion-index=0" in core.selectors[0]
+
+
+def test_a_failed_job_fails_the_task_with_the_operators_reason_and_is_deleted() -> None:
+    custom = FakeCustomObjects(
+        lambda n, _: _condition("Failed", "BackoffLimitExceeded", "pod master-0 OOMKilled") if n >= 1 else None
+    )
+    with pytest.raises(
+        LaunchError,
+        match="pytorchjob team-a/photogenic-pretrain-abc failed: BackoffLimitExceeded: pod master-0 OOMKilled",
+    ):
+        launch(_job(), apis=(custom, FakeCore([])), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
+    assert custom.deleted == ["photogenic-pretrain-abc"]
+
+
+def test_a_job_past_its_timeout_fails_and_is_deleted() -> None:
+    now = [0.0]
+    custom = FakeCustomObjects(lambda n, _: None)  # runs forever
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    with pytest.raises(LaunchError, match="did not finish within 60s"):
+        launch(
+            _job(),
+            timeout_s=60,
+            poll_s=25,
+            apis=(custom, FakeCore([])),
+            out=io.StringIO(),
+            clock=lambda: now[0],
+            sleep=sleep,
+        )  # type: ignore[arg-type]
+    assert custom.deleted == ["photogenic-pretrain-abc"] and custom.gets == 4
+
+
+def test_a_retried_task_waits_for_its_existing_job_and_a_rejected_job_is_a_clear_error() -> None:
+    custom = FakeCustomObjects(lambda n, _: _condition("Succeeded"))
+    custom.objects[("pytorchjobs", "team-a", "photogenic-pretrain-abc")] = {"metadata": {"name": "x"}}
+    launch(_job(), apis=(custom, FakeCore([])), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
+    assert custom.deleted == ["photogenic-pretrain-abc"]
+
+    class Forbidden(FakeCustomObjects):
+        def create_namespaced_custom_object(self, *a: Any, **k: Any) -> None:
+            raise ApiException(status=403, reason="Forbidden")
+
+    with pytest.raises(LaunchError, match="cannot create pytorchjob team-a/photogenic-pretrain-abc: 403 Forbidden"):
+        launch(_job(), apis=(Forbidden(lambda n, _: None), FakeCore([])), sleep=lambda s: None)  # type: ignore[arg-type]
+
+
+def test_bad_job_settings_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="not a DNS-1123 label"):
+        _job(name="Photogenic_Pretrain")
+    with pytest.raises(ValueError, match="at least one node"):
+        _job(nodes=0)
+    with pytest.raises(LaunchError, match="unknown training backend 'mpijob'"):
+        launch(_job(), backend="mpijob", apis=(None, None))  # type: ignore[arg-type]
+    assert job_name("photogenic-pretrain", "Run_ID.With/Odd:chars" * 5).startswith(
+        "photogenic-pretrain-run-id-with-odd"
+    )
+    assert len(job_name("p", "x" * 100)) <= 63
+
+
+@pytest.mark.slow
+def test_launch_training_runs_the_pods_command_and_returns_the_model(tmp_path: Path) -> None:
+    """The fake operator runs each pod's command (after `torchrun -m photogenic`) through the real CLI,
+    as one rank: the same `photogenic train` the local tests run under torchrun."""
+    from photogenic import tasks
+    from photogenic.cli import main
+    from tests.helpers import tiny_config, tiny_world_and_autoencoder
+
+    data, ae = tiny_world_and_autoencoder(tmp_path)
+    config = tiny_config(tmp_path)
+    commands = []
+
+    def run_pods(body: dict) -> None:
+        command = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"]
+        assert command[:4] == ["torchrun", "--nproc-per-node=1", "-m", "photogenic"]
+        commands.append(command)
+        result = CliRunner().invoke(main, command[4:], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+
+    custom = FakeCustomObjects(lambda n, _: _condition("Succeeded"), on_create=run_pods)
+    kw = dict(
+        backend="pytorchjob",
+        image="img:1",
+        nodes=1,
+        gpus_per_node=0,
+        namespace="ns",
+        job_key="run1",
+        apis=(custom, FakeCore([])),
+    )
+    result = tasks.launch_training(config, "tiny", [f"workspace={tmp_path}"], "pretrain", data, ae, "", "", **kw)
+    assert result["steps"] == 2 and Path(result["model_uri"], "manifest.json").exists()
+    assert "--preset" in commands[0] and f"workspace={tmp_path}" in commands[0]
+    assert custom.deleted == ["photogenic-pretrain-run1"]
+    again = tasks.launch_training(config, "tiny", [f"workspace={tmp_path}"], "pretrain", data, ae, "", "", **kw)
+    assert again["reused"] is True and len(custom.created) == 1  # a finished model needs no second job

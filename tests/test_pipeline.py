@@ -1,0 +1,288 @@
+"""The KFP pipeline: the local run through kfp.local (as `photogenic run`), the compiled YAML, the layout."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from photogenic.cli import main
+from photogenic.pipelines.compiler import COMPILED, compile_pipeline, read_version
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _children(summary: dict) -> tuple:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(summary["mlflow"]["tracking_uri"])
+    experiment = client.get_experiment_by_name("photogenic-quality-tuning").experiment_id
+    parent_id = summary["mlflow"]["parent_run_id"]
+    return client, client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@pytest.mark.slow
+def test_photogenic_run_is_the_pipeline_through_kfp_local_and_a_rerun_reuses_every_stage(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--preset", "tiny", "-w", str(tmp_path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    # One progress line per task, the exit handler last.
+    for task in ("open-run", "ingest-partition", "merge-ingest", "validate", "train-3", "evaluate", "register"):
+        assert f"] {task} " in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].split()[2] == "close-run"
+    assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert "visual appeal" in result.stdout and "NOT TRUSTWORTHY" in result.stdout  # tiny judges are below the bar
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    st = summary["stages"]
+    assert st["validate"]["counts"]["input"] == st["ingest"]["counts"]["samples"]
+    assert st["ingest"]["counts"]["input"] == 200  # the tiny world, through 2 partitions
+    assert st["curate"]["funnel"][0][1] == st["validate"]["counts"]["clean"]
+    assert st["pretrain"]["steps"] == 2 and Path(st["quality_tune"]["model_uri"], "manifest.json").exists()
+    assert Path(st["evaluate"]["report_uri"]).exists() and Path(summary["log_path"]).exists()
+
+    client, children = _children(summary)
+    assert sorted(r.info.run_name for r in children) == [
+        "curate",
+        "evaluate",
+        "ingest",
+        "ingest-0-of-2",
+        "ingest-1-of-2",
+        "judges-curation",
+        "judges-evaluation",
+        "register",
+        "train-autoencoder",
+        "train-pretrain",
+        "train-quality-tune",
+        "validate",
+    ]
+    assert all(r.info.status == "FINISHED" for r in children)
+    parent = client.get_run(summary["mlflow"]["parent_run_id"])
+    assert parent.info.status == "FINISHED"  # closed by the exit handler
+    from photogenic import __version__
+
+    assert parent.data.tags["photogenic.pipeline_version"].startswith(__version__)
+    assert parent.data.metrics["eval/appeal_win"] == st["evaluate"]["metrics"]["appeal_win"]
+    assert parent.data.tags["photogenic.model.quality_tune"] == st["quality_tune"]["fingerprint"]
+
+    # Registered, but not champion: the gate needs a winning, trustworthy evaluation.
+    reg = st["register"]
+    version = client.get_model_version(reg["name"], reg["version"])
+    assert version.source == st["quality_tune"]["model_uri"] and reg["alias"] == ""
+    assert "not above 0.5" in version.tags["photogenic.gate"]
+    assert not client.get_registered_model(reg["name"]).aliases
+
+    again = CliRunner().invoke(main, ["run", "--preset", "tiny", "-w", str(tmp_path)], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    st2 = json.loads((tmp_path / "summary.json").read_text())["stages"]
+    for stage in ("ingest", "validate", "autoencoder", "pretrain", "curate", "quality_tune", "evaluate"):
+        assert st2[stage]["reused"] is True, stage
+        assert st2[stage].get("fingerprint") == st[stage].get("fingerprint"), stage
+    assert all(st2["judges"][p]["reused"] for p in ("curation", "evaluation"))
+
+
+def test_a_failing_stage_stops_the_run_with_its_own_error_and_fails_the_parent_run(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "captions.jsonl"
+    result = CliRunner().invoke(main, ["run", "--preset", "tiny", "-w", str(tmp_path), "--source", str(missing)])
+    assert result.exit_code == 1
+    assert "stage 'plan-ingest' failed:" in result.output and str(missing) in result.output
+    assert "full log:" in result.output
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("photogenic-quality-tuning").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FAILED"
+    assert parents[0].data.tags["photogenic.kfp_state"] == "FAILED" and parents[0].data.tags["photogenic.error"]
+    assert not (tmp_path / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------------------------- compiled
+
+
+def test_the_checked_in_pipeline_is_what_the_code_compiles(tmp_path: Path) -> None:
+    """Golden file: recompiling with the recorded version gives the same pipeline (run
+    `photogenic pipeline compile` after changing a component or the pipeline). Compared as YAML, because
+    the compiler's comment block lists dict defaults in no fixed key order."""
+    version = read_version(COMPILED)
+    from photogenic import __version__
+
+    assert version.split("+")[0] == __version__
+    fresh = compile_pipeline(tmp_path / "p.yaml", version=version)
+    same = list(yaml.safe_load_all(fresh.read_text())) == list(yaml.safe_load_all(COMPILED.read_text()))
+    assert same, "pipelines/compiled is stale: run `photogenic pipeline compile`"
+
+
+def test_no_credential_value_reaches_the_compiled_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEY123456")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-example-secret-value")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "hunter2-example")
+    for kubernetes_manifest in (False, True):
+        text = compile_pipeline(
+            tmp_path / "p.yaml", version="0.0.0", kubernetes_manifest=kubernetes_manifest
+        ).read_text()
+        for secret in ("AKIAEXAMPLEKEY123456", "wJalrXUtnFEMI-example-secret-value", "hunter2-example"):
+            assert secret not in text
+    docs = list(yaml.safe_load_all(COMPILED.read_text()))
+    platform = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # Credentials are referenced by Secret name and key only, on every task.
+    for name, spec in platform.items():
+        keys = {e["secretKey"] for s in spec["secretAsEnv"] for e in s["keyToEnv"]}
+        assert keys == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, name
+
+
+def test_pipeline_structure_retries_caching_gpus_and_the_exit_handler() -> None:
+    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+    root = spec["root"]["dag"]["tasks"]
+    assert root["close-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # the exit handler
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert "for-loop-2" in inner and inner["for-loop-2"]["parameterIterator"]  # ingestion fans out
+    assert inner["merge-ingest"]["cachingOptions"] == {}  # caching off: the source may change
+    assert inner["validate"]["cachingOptions"] == {"enableCache": True}
+    assert inner["validate"]["retryPolicy"]["maxRetryCount"] == 3
+    executors = spec["deploymentSpec"]["executors"]
+    train = executors["exec-train"]["container"]
+    assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "install" not in " ".join(train["command"])  # nothing pip-installs at run time
+    gpu = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
+    assert gpu["pvcMount"][0]["mountPath"] == "/cache" and "nodeSelector" in gpu and "tolerations" in gpu
+    from photogenic.components.images import IMAGES
+
+    images = {e["container"]["image"] for e in executors.values()}
+    assert images == set(IMAGES.values())
+
+
+# --------------------------------------------------------------------------------------------- layout
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_components_and_pipelines_inside_the_package(tmp_path: Path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("photogenic-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "photogenic/components/images.json" in names and "photogenic/components/training.py" in names
+    assert "photogenic/pipelines/compiled/quality_tuning.yaml" in names
+    assert not [n for n in names if n.startswith(("components/", "pipelines/"))]
+
+
+# --------------------------------------------------------------------------------------------- cluster client
+
+
+class FakeKfpClient:
+    """The part of `kfp.Client` the upload and run commands use, recording the calls (no KFP server here)."""
+
+    def __init__(self, existing: str | None = None):
+        self.pipelines = {"photogenic-quality-tuning": existing} if existing else {}
+        self.calls: list[tuple] = []
+        self._existing_config = type("C", (), {"host": "http://kfp.example"})()
+
+    def get_pipeline_id(self, name):
+        return self.pipelines.get(name)
+
+    def upload_pipeline(self, path, pipeline_name=None, description=None):
+        self.calls.append(("upload_pipeline", path, pipeline_name))
+        self.pipelines[pipeline_name] = "p-1"
+        return type("P", (), {"pipeline_id": "p-1"})()
+
+    def list_pipeline_versions(self, pipeline_id, page_size=10):
+        v = type("V", (), {"pipeline_version_id": "v-1", "display_name": "photogenic-quality-tuning"})()
+        return type("L", (), {"pipeline_versions": [v]})()
+
+    def upload_pipeline_version(self, path, pipeline_version_name, pipeline_id=None):
+        self.calls.append(("upload_pipeline_version", path, pipeline_version_name, pipeline_id))
+        return type("V", (), {"pipeline_version_id": "v-2"})()
+
+    def get_experiment(self, experiment_name=None):
+        raise RuntimeError("not found")
+
+    def create_experiment(self, name):
+        self.calls.append(("create_experiment", name))
+        return type("E", (), {"experiment_id": "e-1"})()
+
+    def run_pipeline(
+        self, experiment_id, job_name, params=None, pipeline_id=None, version_id=None, service_account=None
+    ):
+        self.calls.append(("run_pipeline", experiment_id, job_name, params, pipeline_id, version_id))
+        return type("R", (), {"run_id": "r-1"})()
+
+    def wait_for_run_completion(self, run_id, timeout):
+        return type("R", (), {"state": "FAILED", "error": type("E", (), {"message": "task pretrain failed"})()})()
+
+
+def test_upload_creates_a_pipeline_then_adds_versions_named_after_the_compiled_version() -> None:
+    from photogenic.pipelines.client import submit, upload
+
+    fresh = FakeKfpClient()
+    first = upload(fresh)
+    assert first.created_pipeline and fresh.calls[0][0] == "upload_pipeline"
+    existing = FakeKfpClient(existing="p-9")
+    second = upload(existing)
+    expected = read_version(COMPILED).replace("+", "-")
+    assert (
+        existing.calls == [("upload_pipeline_version", str(COMPILED), expected, "p-9")] and not second.created_pipeline
+    )
+    out = submit(existing, "photogenic", {"preset": "demo", "overrides": []}, "run-a", second, wait_s=60)
+    assert out["state"] == "FAILED" and out["error"] == "task pretrain failed"
+    assert out["url"] == "http://kfp.example/#/runs/details/r-1"
+    assert ("run_pipeline", "e-1", "run-a", {"preset": "demo", "overrides": []}, "p-9", "v-2") in existing.calls
+
+
+def test_pipeline_run_rejects_a_bad_override_before_contacting_any_server() -> None:
+    result = CliRunner().invoke(main, ["pipeline", "run", "--host", "http://127.0.0.1:9", "--set", "train.nope=1"])
+    assert result.exit_code != 0 and "unknown config key 'train.nope'" in str(result.exception or result.output)
+
+
+def test_the_registration_gate() -> None:
+    from photogenic.tasks import gate
+
+    good = {"metrics": {"appeal_win_lo": 0.62, "faithfulness_win": 0.1, "faithfulness_loss": 0.08}, "trustworthy": True}
+    assert gate(good) == (True, "passed")
+    for change, reason in [
+        ({"metrics": {**good["metrics"], "appeal_win_lo": 0.5}}, "not above 0.5"),
+        ({"metrics": {**good["metrics"], "faithfulness_loss": 0.2}}, "faithfulness is worse"),
+        ({"trustworthy": False}, "failed their validity check"),
+    ]:
+        passed, why = gate({**good, **change})
+        assert not passed and reason in why
+
+
+def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from photogenic.tasks import open_pipeline_run, register_model
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path)
+    parent = open_pipeline_run(config, "kfp-run-1", "0.1.0")
+    assert open_pipeline_run(config, "kfp-run-1", "0.1.0") == parent  # a retried task finds its run
+    model = {"model_uri": str(tmp_path / "model"), "fingerprint": "abc"}
+    passing = {
+        "metrics": {"appeal_win_lo": 0.7, "faithfulness_win": 0.2, "faithfulness_loss": 0.1},
+        "trustworthy": True,
+    }
+    failing = {**passing, "trustworthy": False}
+    first = register_model(config, model, passing, "m", parent)
+    second = register_model(config, {**model, "fingerprint": "def"}, failing, "m", parent)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert first["alias"] == "champion" and second["alias"] == ""
+    assert str(client.get_model_version_by_alias("m", "champion").version) == first["version"]
+    assert client.get_model_version("m", second["version"]).tags["photogenic.model"] == "def"
