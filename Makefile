@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint format test demo bench clean
+.PHONY: setup lint format test demo bench clean manifests images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check src tests bench components pipelines
-	$(BIN)/ruff format --check src tests bench components pipelines
+	$(BIN)/ruff check src tests bench components pipelines images
+	$(BIN)/ruff format --check src tests bench components pipelines images
 
 format: setup
-	$(BIN)/ruff check --fix src tests bench components pipelines
-	$(BIN)/ruff format src tests bench components pipelines
+	$(BIN)/ruff check --fix src tests bench components pipelines images
+	$(BIN)/ruff format src tests bench components pipelines images
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -34,6 +34,23 @@ test: lint
 # The main job on this machine, with the demo preset: data in ./photogenic-workspace.
 demo: setup
 	$(BIN)/photogenic run --preset demo $(DEMO_ARGS)
+
+# Everything generated from the code and checked in (tests fail while any is stale).
+JOB_ARGS = --preset gpu --nodes 2 --gpus-per-node 8 \
+	--data s3://photogenic/runs/datasets/validated-0000000000000000/manifest.json \
+	--base s3://photogenic/runs/runs/autoencoder-0000000000000000/model storage.root=s3://photogenic/runs
+manifests: setup
+	$(BIN)/photogenic pipeline compile
+	$(BIN)/photogenic pipeline compile --kubernetes-manifest --out manifests/pipeline/quality-tuning.yaml
+	for b in pytorchjob trainjob; do \
+	  { echo "# photogenic job render --backend $$b $(JOB_ARGS)"; \
+	    $(BIN)/photogenic job render --backend $$b $(JOB_ARGS); } > manifests/jobs/pretrain-$$b.yaml; done
+
+# Build the images (where a Docker daemon runs), write their tags to components/images.json, and
+# regenerate what names them. IMAGE_ARGS, e.g. "--registry registry.example.com/ml --push".
+images: setup
+	$(BIN)/python images/build.py $(IMAGE_ARGS)
+	$(MAKE) manifests
 
 bench: setup
 	$(BIN)/python bench/ingest.py --samples 20000 --repeats 2

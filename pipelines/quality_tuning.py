@@ -180,3 +180,13 @@ def build(version: str) -> dsl.graph_component.GraphComponent:
             small(network_retries(uncached(with_cluster_env(summary))))
 
     return quality_tuning
+
+
+def _current() -> dsl.graph_component.GraphComponent:
+    from photogenic.pipelines.compiler import pipeline_version
+
+    return build(pipeline_version())
+
+
+# For `kfp dsl compile --py pipelines/quality_tuning.py --function quality_tuning ...`.
+quality_tuning = _current()

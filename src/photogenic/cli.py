@@ -543,6 +543,88 @@ def format_summary(summary: dict[str, Any], config: Config) -> str:
 # --------------------------------------------------------------------------------------------- cluster
 
 
+@main.group("job")
+def job_group() -> None:
+    """Training jobs on Kubeflow's training operator, for teams that train outside KFP."""
+
+
+def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--backend", type=click.Choice(["pytorchjob", "trainjob"]), default="pytorchjob"),
+        click.option("--recipe", type=click.Choice(["autoencoder", "pretrain", "quality-tune"]), default="pretrain"),
+        click.option("--data", "-d", "data_uri", required=True, help="Manifest URI of the training dataset."),
+        click.option("--base", "-b", default="", help="Model to start from."),
+        click.option("--judges", default="", help="Curation judge set (quality-tune)."),
+        click.option("--out", default=None, help="Run URI (default: <store>/runs/<recipe>-<fingerprint>)."),
+        click.option("--name", default=None, help="Job name (default: photogenic-<recipe>-<run fingerprint>)."),
+        click.option("--namespace", "-n", default="kubeflow", help="Namespace of the job."),
+        click.option("--image", default=None, help="Training image (default: components/images.json)."),
+        click.option("--nodes", default=1, type=click.IntRange(1), help="Nodes."),
+        click.option("--gpus-per-node", default=8, type=click.IntRange(0), help="GPUs (and processes) per node."),
+        click.option("--node-selector", multiple=True, help="key=value; repeat."),
+        click.option("--gpu-toleration/--no-gpu-toleration", default=True, help="Tolerate nvidia.com/gpu taints."),
+        click.option("--cache-pvc", default="photogenic-cache", help="PVC mounted at /cache ('' for none)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _training_job(config: Config, kw: dict[str, Any]) -> Any:
+    from photogenic.components.images import TRAIN_IMAGE
+    from photogenic.config import overrides_from
+    from photogenic.launcher import TrainingJob, job_name
+    from photogenic.tasks import train_args
+    from photogenic.train.trainer import run_uri
+
+    recipe = kw["recipe"].replace("-", "_")
+    out = run_uri(recipe, config, kw["data_uri"], kw["base"] or None, kw["judges"] or None, kw["out"])
+    selector = dict(item.split("=", 1) for item in kw["node_selector"])
+    tolerations = (
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if kw["gpu_toleration"] else []
+    )
+    overrides = [o for o in overrides_from(config) if not o.startswith("workspace=")]
+    return TrainingJob(
+        name=kw["name"] or job_name(f"photogenic-{kw['recipe']}", out.rstrip("/").rsplit("-", 1)[-1]),
+        namespace=kw["namespace"],
+        image=kw["image"] or TRAIN_IMAGE,
+        args=tuple(train_args(recipe, kw["data_uri"], out, config.preset, overrides, kw["base"], kw["judges"])),
+        nodes=kw["nodes"],
+        gpus_per_node=kw["gpus_per_node"],
+        node_selector=selector,
+        tolerations=tolerations,
+        cache_pvc=kw["cache_pvc"],
+    )
+
+
+@job_group.command("render")
+@_job_options
+@config_options
+@_friendly_errors
+def job_render_cmd(config: Config, **kw: Any) -> None:
+    """Print the job as YAML (for `kubectl apply -f -` or GitOps): the same job the pipeline launches."""
+    from photogenic.launcher import pytorchjob, trainjob
+
+    job = _training_job(config, kw)
+    body = pytorchjob(job) if kw["backend"] == "pytorchjob" else trainjob(job)
+    click.echo(yaml.safe_dump(body, sort_keys=False), nl=False)
+
+
+@job_group.command("launch")
+@_job_options
+@click.option("--timeout-hours", default=168.0, type=float, help="Fail and delete the job after this long.")
+@config_options
+@_friendly_errors
+def job_launch_cmd(config: Config, timeout_hours: float, **kw: Any) -> None:
+    """Create the job, stream the master's log, wait, delete it (uses your kubeconfig)."""
+    from photogenic.launcher import LaunchError, launch
+
+    try:
+        launch(_training_job(config, kw), backend=kw["backend"], timeout_s=timeout_hours * 3600)
+    except LaunchError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.group("pipeline")
 def pipeline_group() -> None:
     """Compile the pipeline, upload it to Kubeflow Pipelines, run it there."""

@@ -28,6 +28,7 @@ __all__ = [
     "validate_data",
     "train_model",
     "launch_training",
+    "train_args",
     "train_judges",
     "curate_data",
     "evaluate_models",
@@ -221,11 +222,7 @@ def launch_training(
     done = finished_model(recipe, steps, model_uri, config)
     if done is not None:
         return plain(asdict(done))
-    args = ["train", recipe.replace("_", "-"), "--data", data_uri, "--out", out, "--preset", preset or config.preset]
-    args += ["--base", base] if base else []
-    args += ["--judges", judges] if judges else []
-    args += ["--parent-run-id", parent_run_id] if parent_run_id else []
-    args += list(overrides)
+    args = train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id)
     job = TrainingJob(
         name=job_name(f"photogenic-{recipe.replace('_', '-')}", job_key or out.rstrip("/").rsplit("-", 1)[-1]),
         namespace=namespace or _pod_namespace(),
@@ -242,6 +239,24 @@ def launch_training(
     if done is None:
         raise RuntimeError(f"the {backend} for {recipe} succeeded but {model_uri} holds no finished model")
     return plain({**asdict(done), "reused": False})
+
+
+def train_args(
+    recipe: str,
+    data_uri: str,
+    out: str,
+    preset: str,
+    overrides: Sequence[str],
+    base: str = "",
+    judges: str = "",
+    parent_run_id: str = "",
+) -> list[str]:
+    """The `photogenic train ...` arguments a training job's pods run (after `torchrun -m photogenic`)."""
+    args = ["train", recipe.replace("_", "-"), "--data", data_uri, "--out", out, "--preset", preset]
+    args += ["--base", base] if base else []
+    args += ["--judges", judges] if judges else []
+    args += ["--parent-run-id", parent_run_id] if parent_run_id else []
+    return args + list(overrides)
 
 
 def _pod_namespace() -> str:
