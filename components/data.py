@@ -9,7 +9,7 @@ from photogenic.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def plan_ingest(preset: str, overrides: list, source: str, partitions: int) -> list:
+def plan_ingest(preset: str, overrides: list, source: str, partitions: int, parent_run_id: str) -> list:
     """Cut the source into partitions that ingest in parallel.
 
     Args:
@@ -17,25 +17,27 @@ def plan_ingest(preset: str, overrides: list, source: str, partitions: int) -> l
         overrides: config overrides.
         source: `world`, a captions table URI (.jsonl/.csv/.parquet) or tar shards.
         partitions: how many (capped at the source's number of 256-row chunks).
+        parent_run_id: the MLflow parent run, carried in each item (the loop body then needs no
+            other task's output, which kfp.local resolves wrongly inside a ParallelFor).
 
     Returns:
-        One `{"index", "count", "out"}` dict per partition.
+        One `{"index", "count", "out", "parent_run_id"}` dict per partition.
     """
     from photogenic import tasks
 
-    return tasks.plan_ingest(tasks.task_config(preset, overrides), source, partitions)
+    plan = tasks.plan_ingest(tasks.task_config(preset, overrides), source, partitions)
+    return [{**item, "parent_run_id": parent_run_id} for item in plan]
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def ingest_partition(preset: str, overrides: list, source: str, partition: dict, parent_run_id: str) -> str:
+def ingest_partition(preset: str, overrides: list, source: str, partition: dict) -> str:
     """Ingest one partition into its own tar shards, de-duplicated within it, bad rows quarantined.
 
     Args:
         preset: the config preset.
         overrides: config overrides.
         source: the source spec (as for `plan_ingest`).
-        partition: one item of `plan_ingest`'s list.
-        parent_run_id: the MLflow parent run.
+        partition: one item of `plan_ingest`'s list (with the MLflow parent run).
 
     Returns:
         The partition's manifest URI.
@@ -43,7 +45,7 @@ def ingest_partition(preset: str, overrides: list, source: str, partition: dict,
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
-    return tasks.ingest_partition(config, source, partition, parent_run_id)["manifest_uri"]
+    return tasks.ingest_partition(config, source, partition, partition["parent_run_id"])["manifest_uri"]
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

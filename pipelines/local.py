@@ -41,6 +41,7 @@ class _Progress(io.TextIOBase):
 
     log: TextIO
     console: TextIO
+    names: dict[str, str] = field(default_factory=dict)  # task -> display name
     started: dict[str, float] = field(default_factory=dict)
     tails: dict[str, deque[str]] = field(default_factory=dict)
     current: str = ""
@@ -73,10 +74,11 @@ class _Progress(io.TextIOBase):
             seconds = time.perf_counter() - self.started.get(task, time.perf_counter())
             self.done += 1
             mark = "ok" if status == "SUCCESS" else status
-            self.console.write(f"  [{self.done:2d}] {task:<28s} {mark:<8s} {seconds:7.1f} s\n")
+            name = self.names.get(task, task)
+            self.console.write(f"  [{self.done:2d}] {name:<28s} {mark:<8s} {seconds:7.1f} s\n")
             self.console.flush()
             if status != "SUCCESS":
-                self.failed.append((task, self._error_of(task)))
+                self.failed.append((name, self._error_of(task)))
             return
         if self.current:
             self.tails[self.current].append(line)
@@ -131,7 +133,7 @@ def run_locally(
     console.write(f"Running the pipeline locally (kfp.local); task output: {log_path}\n")
     pipeline = build(pipeline_version())
     with open(log_path, "w", encoding="utf-8") as log_file:
-        progress = _Progress(log_file, console)
+        progress = _Progress(log_file, console, _display_names(pipeline))
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"))
         try:
             with contextlib.redirect_stdout(progress), _quiet_runner_warning():
@@ -154,7 +156,20 @@ def run_locally(
         raise LocalRunError("summarize", f"the run finished but wrote no summary at {summary}", log_path)
     result = json.loads(summary.read_text())
     result["summary_path"], result["log_path"] = str(summary), str(log_path)
+    summary.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _display_names(pipeline: Any) -> dict[str, str]:
+    """Task name -> display name (`train-2` -> `pretrain`), from the pipeline spec."""
+    from google.protobuf import json_format
+
+    spec = json_format.MessageToDict(pipeline.pipeline_spec)
+    names = {}
+    for component in [spec["root"], *spec.get("components", {}).values()]:
+        for key, task in component.get("dag", {}).get("tasks", {}).items():
+            names[key] = task.get("taskInfo", {}).get("name", key)
+    return names
 
 
 @contextlib.contextmanager

@@ -67,9 +67,10 @@ def build(version: str) -> dsl.graph_component.GraphComponent:
             small(network_retries(uncached(with_cluster_env(parent))))
             run_id = parent.output
 
-            plan = small(uncached(with_cluster_env(c.plan_ingest(**cfg, source=source, partitions=ingest_partitions))))
+            plan = c.plan_ingest(**cfg, source=source, partitions=ingest_partitions, parent_run_id=run_id)
+            small(uncached(with_cluster_env(plan)))
             with dsl.ParallelFor(plan.output, parallelism=8) as part:
-                piece = c.ingest_partition(**cfg, source=source, partition=part, parent_run_id=run_id)
+                piece = c.ingest_partition(**cfg, source=source, partition=part)
                 data_task(network_retries(uncached(with_cluster_env(piece))))
             ingested = c.merge_ingest(**cfg, source=source, parts=dsl.Collected(piece.output), parent_run_id=run_id)
             data_task(network_retries(uncached(with_cluster_env(ingested))))
@@ -83,11 +84,13 @@ def build(version: str) -> dsl.graph_component.GraphComponent:
             autoencoder = c.train(
                 **cfg, recipe="autoencoder", **data, base="", base_version="", judges="", parent_run_id=run_id
             )
+            autoencoder.set_display_name("autoencoder")
             on_gpu(network_retries(with_cluster_env(autoencoder)), gpus_per_node, gpu_node_selector, gpu_tolerations)
             base = {"base": autoencoder.outputs["uri"], "base_version": autoencoder.outputs["version"]}
 
             with dsl.If(pretrain_backend == "in-task", "pretrain-in-task"):
                 pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", parent_run_id=run_id)
+                pretrain_here.set_display_name("pretrain")
                 on_gpu(
                     network_retries(with_cluster_env(pretrain_here)), gpus_per_node, gpu_node_selector, gpu_tolerations
                 )
@@ -108,16 +111,26 @@ def build(version: str) -> dsl.graph_component.GraphComponent:
                     timeout_hours=training_timeout_hours,
                     kfp_run_id=job_id,
                 )
-                small(network_retries(with_cluster_env(pretrain_job)))
+                small(network_retries(with_cluster_env(pretrain_job.set_display_name("pretrain-job"))))
             pretrained_uri = dsl.OneOf(pretrain_here.outputs["uri"], pretrain_job.outputs["uri"])
             pretrained_version = dsl.OneOf(pretrain_here.outputs["version"], pretrain_job.outputs["version"])
             pretrained_result = dsl.OneOf(pretrain_here.outputs["result"], pretrain_job.outputs["result"])
 
             curation_judges = data_task(
-                network_retries(with_cluster_env(c.judges(**cfg, purpose="curation", parent_run_id=run_id)))
+                network_retries(
+                    with_cluster_env(
+                        c.judges(**cfg, purpose="curation", parent_run_id=run_id).set_display_name("judges-curation")
+                    )
+                )
             )
             raters = data_task(
-                network_retries(with_cluster_env(c.judges(**cfg, purpose="evaluation", parent_run_id=run_id)))
+                network_retries(
+                    with_cluster_env(
+                        c.judges(**cfg, purpose="evaluation", parent_run_id=run_id).set_display_name(
+                            "judges-evaluation"
+                        )
+                    )
+                )
             )
 
             curated = c.curate(
@@ -139,6 +152,7 @@ def build(version: str) -> dsl.graph_component.GraphComponent:
                 judges=curation_judges.outputs["uri"],
                 parent_run_id=run_id,
             )
+            tuned.set_display_name("quality-tune")
             on_gpu(network_retries(with_cluster_env(tuned)), gpus_per_node, gpu_node_selector, gpu_tolerations)
 
             evaluation = c.evaluate(

@@ -34,7 +34,8 @@ class _RedactingFilter(logging.Filter):
         self.level = level
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < max(self.level, logging.WARNING) and record.name.startswith(_QUIET):
+        quiet = record.name.startswith(_QUIET) or "/kfp/" in record.pathname.replace("\\", "/")  # kfp logs as root
+        if record.levelno < max(self.level, logging.WARNING) and quiet:
             return False
         secrets = secret_env_values()
         if secrets:
