@@ -25,6 +25,8 @@ def with_cluster_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 def network_retries(task: dsl.PipelineTask, attempts: int = 3) -> dsl.PipelineTask:
     """Retry a task that talks to S3 or MLflow: its stage function reuses what an attempt finished."""
+    if attempts <= 0:
+        return task
     return task.set_retry(num_retries=attempts, backoff_duration="30s", backoff_factor=2.0, backoff_max_duration="600s")
 
 

@@ -98,6 +98,7 @@ def run_locally(
     ingest_partitions: int = 2,
     summary_path: str | Path | None = None,
     console: TextIO | None = None,
+    retries: int = 0,
 ) -> dict[str, Any]:
     """Run the pipeline through `kfp.local` (`SubprocessRunner(use_venv=False)`: this environment).
 
@@ -109,6 +110,8 @@ def run_locally(
         ingest_partitions: parallel ingestion tasks.
         summary_path: where the summary JSON goes; default `<workspace>/summary.json`.
         console: where progress lines go (default stderr).
+        retries: attempts after a failure for tasks that touch S3 or MLflow (the cluster pipeline has
+            3); 0 here, so that a failing stage stops the run at once with its error.
 
     Returns:
         The summary (as `photogenic.tasks.summarize` writes it), plus `summary_path` and `log_path`.
@@ -131,8 +134,8 @@ def run_locally(
     items = [o for o in overrides if not o.startswith("workspace=")] + [f"workspace={workspace}"]
     console = console or sys.stderr
     console.write(f"Running the pipeline locally (kfp.local); task output: {log_path}\n")
-    pipeline = build(pipeline_version())
-    with open(log_path, "w", encoding="utf-8") as log_file:
+    pipeline = build(pipeline_version(), retries=retries)
+    with open(log_path, "w", encoding="utf-8") as log_file, _no_process_group_env():
         progress = _Progress(log_file, console, _display_names(pipeline))
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"))
         try:
@@ -158,6 +161,20 @@ def run_locally(
     result["summary_path"], result["log_path"] = str(summary), str(log_path)
     summary.write_text(json.dumps(result, indent=2))
     return result
+
+
+@contextlib.contextmanager
+def _no_process_group_env() -> Any:
+    """Tasks inherit this process's environment; a rank or master port set here (by an earlier
+    in-process training run, or the user's shell) would make every training task join that group."""
+    import os
+
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def _display_names(pipeline: Any) -> dict[str, str]:

@@ -10,19 +10,27 @@ from kfp import dsl
 from photogenic import components as c
 from photogenic.pipelines.kubernetes import (
     data_task,
-    network_retries,
     on_gpu,
     small,
     uncached,
     with_cluster_env,
 )
+from photogenic.pipelines.kubernetes import network_retries as retrying
 
 PIPELINE_NAME = "photogenic-quality-tuning"
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
-def build(version: str) -> dsl.graph_component.GraphComponent:
-    """The pipeline, with `version` (package version and commit) baked in as the parent run's tag."""
+def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
+    """The pipeline, with `version` (package version and commit) baked in as the parent run's tag.
+
+    Args:
+        version: the pipeline version.
+        retries: attempts after a failure for tasks that touch S3 or MLflow (backoff 30 s, doubling).
+    """
+
+    def network_retries(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return retrying(task, retries)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,

@@ -84,6 +84,10 @@ def _bad_inputs(good_png: bytes) -> list[tuple[str, bytes | None, bytes, str, st
 
 @pytest.fixture
 def folder_source(store_uri: str) -> dict[str, Any]:
+    return make_folder_source(store_uri)
+
+
+def make_folder_source(store_uri: str) -> dict[str, Any]:
     """A captions table plus images in a store (local or S3): good rows and one of every bad kind."""
     store = open_store(store_uri)
     good = list(iter_world(load_config("tiny", overrides=["world.duplicate_rate=0"]).world, 0, 30))

@@ -28,7 +28,7 @@ def _children(summary: dict) -> tuple:
 
 
 @pytest.mark.slow
-def test_photogenic_run_is_the_pipeline_through_kfp_local_and_a_rerun_reuses_every_stage(tmp_path: Path) -> None:
+def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> None:
     # 300 samples: two chunks of the source, so ingestion runs as two partitions.
     args = ["run", "--preset", "tiny", "-w", str(tmp_path), "world.num_samples=300"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
@@ -79,14 +79,7 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local_and_a_rerun_reuses_eve
     assert version.source == st["quality_tune"]["model_uri"] and reg["alias"] == ""
     assert "not above 0.5" in version.tags["photogenic.gate"]
     assert not client.get_registered_model(reg["name"]).aliases
-
-    again = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert again.exit_code == 0, again.output
-    st2 = json.loads((tmp_path / "summary.json").read_text())["stages"]
-    for stage in ("ingest", "validate", "autoencoder", "pretrain", "curate", "quality_tune", "evaluate"):
-        assert st2[stage]["reused"] is True, stage
-        assert st2[stage].get("fingerprint") == st[stage].get("fingerprint"), stage
-    assert all(st2["judges"][p]["reused"] for p in ("curation", "evaluation"))
+    # A run killed between stages and run again reuses them: test_reliability.py.
 
 
 def test_a_failing_stage_stops_the_run_with_its_own_error_and_fails_the_parent_run(tmp_path: Path) -> None:

@@ -468,10 +468,16 @@ def generate_cmd(
 @main.command("run")
 @click.option("--source", "-s", default="world", help="What to ingest (see `photogenic ingest --source`).")
 @click.option("--partitions", default=2, type=click.IntRange(1, 64), help="Parallel ingestion tasks.")
+@click.option(
+    "--retries",
+    default=0,
+    type=click.IntRange(0, 10),
+    help="Retries (30 s backoff, doubling) of tasks that touch S3 or MLflow.",
+)
 @click.option("--summary", "summary_path", default=None, help="JSON summary path (default: <workspace>/summary.json).")
 @config_options
 @_friendly_errors
-def run_cmd(config: Config, source: str, partitions: int, summary_path: str | None) -> None:
+def run_cmd(config: Config, source: str, partitions: int, retries: int, summary_path: str | None) -> None:
     """Run the pipeline on this machine through kfp.local (every stage a local task) and print a summary.
 
     A stage that finished in an earlier run (same inputs and config) is reused, not redone.
@@ -482,7 +488,7 @@ def run_cmd(config: Config, source: str, partitions: int, summary_path: str | No
     overrides = overrides_from(config)  # every task resolves exactly this config from preset + overrides
     try:
         summary = run_locally(
-            config.preset, overrides, config.workspace, source, partitions, summary_path, console=sys.stderr
+            config.preset, overrides, config.workspace, source, partitions, summary_path, sys.stderr, retries
         )
     except LocalRunError as exc:
         raise click.ClickException(str(exc)) from exc
