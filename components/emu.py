@@ -40,6 +40,7 @@ def curate(
     data_version: str,
     judges_uri: str,
     judges_version: str,
+    approved: str,
     parent_run_id: str,
     dataset: Output[Dataset],
     funnel: Output[HTML],
@@ -53,6 +54,7 @@ def curate(
         data_version: its content fingerprint (with `judges_version`, the cache key).
         judges_uri: the curation judge set.
         judges_version: its fingerprint.
+        approved: with `curate.review=import`, the URI of the reviewers' JSON of approved keys ("" for none).
         parent_run_id: the MLflow parent run.
         dataset: the QT dataset's manifest.
         funnel: the funnel report (counts after every filter and round, rejected samples by reason).
@@ -63,7 +65,7 @@ def curate(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
-    result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id)
+    result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id, approved)
     tasks.publish_artifact(dataset, result["manifest_uri"], config)
     tasks.copy_report(result["report_uri"], funnel, config)
     return (result["manifest_uri"], result["fingerprint"], result)

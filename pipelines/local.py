@@ -84,7 +84,16 @@ class _Progress(io.TextIOBase):
             self.tails[self.current].append(line)
 
     def _error_of(self, task: str) -> str:
-        for line in reversed(self.tails.get(task, ())):
+        """The last line of the task's last traceback (the exception and its message)."""
+        tail = list(self.tails.get(task, ()))
+        starts = [i for i, line in enumerate(tail) if line.strip() == "Traceback (most recent call last):"]
+        if starts:
+            indent = len(tail[starts[-1]]) - len(tail[starts[-1]].lstrip())
+            block = [line for line in tail[starts[-1] + 1 :] if line.strip()]
+            outer = [line for line in block if len(line) - len(line.lstrip()) == indent]
+            if outer:
+                return outer[0].strip()
+        for line in reversed(tail):
             if m := _EXCEPTION.match(line):
                 return m.group(1).strip()
         return "the task failed without an error message (see the log)"
@@ -99,6 +108,7 @@ def run_locally(
     summary_path: str | Path | None = None,
     console: TextIO | None = None,
     retries: int = 0,
+    approved: str = "",
 ) -> dict[str, Any]:
     """Run the pipeline through `kfp.local` (`SubprocessRunner(use_venv=False)`: this environment).
 
@@ -112,6 +122,7 @@ def run_locally(
         console: where progress lines go (default stderr).
         retries: attempts after a failure for tasks that touch S3 or MLflow (the cluster pipeline has
             3); 0 here, so that a failing stage stops the run at once with its error.
+        approved: with `curate.review=import`, the reviewers' JSON of approved keys.
 
     Returns:
         The summary (as `photogenic.tasks.summarize` writes it), plus `summary_path` and `log_path`.
@@ -148,6 +159,7 @@ def run_locally(
                     pretrain_backend="in-task",
                     gpus_per_node=0,
                     summary_uri=str(summary),
+                    approved=approved,
                 )
         except Exception as exc:  # kfp.local raises RuntimeError for a failed task, others for its own faults
             if progress.failed:

@@ -48,6 +48,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
         gpu_tolerations: list = GPU_TOLERATIONS,
         training_timeout_hours: float = 168.0,
         model_name: str = "photogenic-quality-tuned",
+        approved: str = "",
         summary_uri: str = "",
     ) -> None:
         """Photogenic's pipeline.
@@ -64,6 +65,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
             gpu_tolerations: tolerations for training pods.
             training_timeout_hours: a launched job fails after this long.
             model_name: the MLflow registered model.
+            approved: with `curate.review=import`, the reviewers' JSON of approved keys (a store URI).
             summary_uri: where the run's summary JSON goes ("" = only on the MLflow parent run).
         """
         cfg = {"preset": preset, "overrides": overrides}
@@ -146,6 +148,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 **data,
                 judges_uri=curation_judges.outputs["uri"],
                 judges_version=curation_judges.outputs["version"],
+                approved=approved,
                 parent_run_id=run_id,
             )
             data_task(network_retries(with_cluster_env(curated)))

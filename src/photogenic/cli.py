@@ -474,10 +474,13 @@ def generate_cmd(
     type=click.IntRange(0, 10),
     help="Retries (30 s backoff, doubling) of tasks that touch S3 or MLflow.",
 )
+@click.option("--approved", default="", help="With curate.review=import: the reviewers' JSON of approved keys.")
 @click.option("--summary", "summary_path", default=None, help="JSON summary path (default: <workspace>/summary.json).")
 @config_options
 @_friendly_errors
-def run_cmd(config: Config, source: str, partitions: int, retries: int, summary_path: str | None) -> None:
+def run_cmd(
+    config: Config, source: str, partitions: int, retries: int, approved: str, summary_path: str | None
+) -> None:
     """Run the pipeline on this machine through kfp.local (every stage a local task) and print a summary.
 
     A stage that finished in an earlier run (same inputs and config) is reused, not redone.
@@ -488,7 +491,7 @@ def run_cmd(config: Config, source: str, partitions: int, retries: int, summary_
     overrides = overrides_from(config)  # every task resolves exactly this config from preset + overrides
     try:
         summary = run_locally(
-            config.preset, overrides, config.workspace, source, partitions, summary_path, sys.stderr, retries
+            config.preset, overrides, config.workspace, source, partitions, summary_path, sys.stderr, retries, approved
         )
     except LocalRunError as exc:
         raise click.ClickException(str(exc)) from exc

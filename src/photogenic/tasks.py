@@ -277,12 +277,15 @@ def train_judges(config: Config, purpose: str, parent_run_id: str) -> dict[str, 
     return plain({**asdict(result), "uri": result.uri})
 
 
-def curate_data(config: Config, data_uri: str, judges_uri: str, parent_run_id: str) -> dict[str, Any]:
-    """The curation funnel: automatic filters, review rounds, the QT dataset."""
+def curate_data(
+    config: Config, data_uri: str, judges_uri: str, parent_run_id: str, approved: str = ""
+) -> dict[str, Any]:
+    """The curation funnel: automatic filters, review rounds (`approved`: the reviewers' keys, with
+    `curate.review=import`), the QT dataset."""
     from photogenic.curate import curate
 
     with Tracker(config).stage_run("curate", parent_run_id or None) as run:
-        result = curate(data_uri, judges_uri, config, run=run)
+        result = curate(data_uri, judges_uri, config, approved=approved or None, run=run)
     return plain({**asdict(result), "counts": result.counts})
 
 
