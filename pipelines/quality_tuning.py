@@ -8,6 +8,7 @@ handler closes as FINISHED or FAILED.
 from kfp import dsl
 
 from photogenic import components as c
+from photogenic import launcher
 from photogenic.pipelines.kubernetes import (
     data_task,
     on_gpu,
@@ -18,7 +19,7 @@ from photogenic.pipelines.kubernetes import (
 from photogenic.pipelines.kubernetes import network_retries as retrying
 
 PIPELINE_NAME = "photogenic-quality-tuning"
-GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+GPU_TOLERATIONS = [dict(t) for t in launcher.GPU_TOLERATIONS]
 
 
 def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
@@ -207,11 +208,11 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
     return quality_tuning
 
 
-def _current() -> dsl.graph_component.GraphComponent:
+def __getattr__(name: str) -> dsl.graph_component.GraphComponent:
+    """`quality_tuning`, built on first use (for `kfp dsl compile --py pipelines/quality_tuning.py
+    --function quality_tuning ...`), so importing this module compiles nothing and runs no git."""
+    if name != "quality_tuning":
+        raise AttributeError(name)
     from photogenic.pipelines.compiler import pipeline_version
 
     return build(pipeline_version())
-
-
-# For `kfp dsl compile --py pipelines/quality_tuning.py --function quality_tuning ...`.
-quality_tuning = _current()

@@ -583,26 +583,24 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _training_job(config: Config, kw: dict[str, Any]) -> Any:
     from photogenic.components.images import TRAIN_IMAGE
     from photogenic.config import overrides_from
-    from photogenic.launcher import TrainingJob, job_name
-    from photogenic.tasks import train_args
+    from photogenic.launcher import GPU_TOLERATIONS
+    from photogenic.tasks import train_args, training_job
     from photogenic.train.trainer import run_uri
 
     recipe = kw["recipe"].replace("-", "_")
     out = run_uri(recipe, config, kw["data_uri"], kw["base"] or None, kw["judges"] or None, kw["out"])
-    selector = dict(item.split("=", 1) for item in kw["node_selector"])
-    tolerations = (
-        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}] if kw["gpu_toleration"] else []
-    )
     overrides = [o for o in overrides_from(config) if not o.startswith("workspace=")]
-    return TrainingJob(
-        name=kw["name"] or job_name(f"photogenic-{kw['recipe']}", out.rstrip("/").rsplit("-", 1)[-1]),
-        namespace=kw["namespace"],
+    return training_job(
+        recipe,
+        out,
+        train_args(recipe, kw["data_uri"], out, config.preset, overrides, kw["base"], kw["judges"]),
         image=kw["image"] or TRAIN_IMAGE,
-        args=tuple(train_args(recipe, kw["data_uri"], out, config.preset, overrides, kw["base"], kw["judges"])),
+        namespace=kw["namespace"],
         nodes=kw["nodes"],
         gpus_per_node=kw["gpus_per_node"],
-        node_selector=selector,
-        tolerations=tolerations,
+        name=kw["name"] or "",
+        node_selector=dict(item.split("=", 1) for item in kw["node_selector"]),
+        tolerations=GPU_TOLERATIONS if kw["gpu_toleration"] else (),
         cache_pvc=kw["cache_pvc"],
     )
 

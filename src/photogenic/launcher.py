@@ -31,6 +31,7 @@ __all__ = [
     "kube_apis",
     "BACKENDS",
     "S3_SECRET_KEYS",
+    "GPU_TOLERATIONS",
     "CONFIG_MAP_KEYS",
 ]
 
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 Backend = Literal["pytorchjob", "trainjob"]
 BACKENDS: tuple[str, ...] = ("pytorchjob", "trainjob")
 _CONTAINER = {"pytorchjob": "pytorch", "trainjob": "node"}  # the names each operator expects
+
+# Training pods tolerate the taint GPU nodes usually carry (the pipeline's default, `job render`'s too).
+GPU_TOLERATIONS: tuple[dict[str, str], ...] = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
 
 # The environment every pod of ours gets from the cluster (manifests/base): credentials from a Secret,
 # endpoints from a ConfigMap. Each key becomes the env var of the same name.

@@ -29,6 +29,7 @@ __all__ = [
     "train_model",
     "launch_training",
     "train_args",
+    "training_job",
     "train_judges",
     "curate_data",
     "evaluate_models",
@@ -213,7 +214,7 @@ def launch_training(
         timeout_s: fail the task (and delete the job) after this long.
         apis: Kubernetes API clients (tests pass fakes).
     """
-    from photogenic.launcher import TrainingJob, job_name, launch
+    from photogenic.launcher import launch
     from photogenic.train.trainer import finished_model, run_uri
 
     out = run_uri(recipe, config, data_uri, base or None, judges or None)
@@ -222,16 +223,17 @@ def launch_training(
     done = finished_model(recipe, steps, model_uri, config)
     if done is not None:
         return plain(asdict(done))
-    args = train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id)
-    job = TrainingJob(
-        name=job_name(f"photogenic-{recipe.replace('_', '-')}", job_key or out.rstrip("/").rsplit("-", 1)[-1]),
-        namespace=namespace or _pod_namespace(),
+    job = training_job(
+        recipe,
+        out,
+        train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id),
         image=image,
-        args=tuple(args),
+        namespace=namespace or _pod_namespace(),
         nodes=nodes,
         gpus_per_node=gpus_per_node,
-        node_selector=dict(node_selector or {}),
-        tolerations=tuple(tolerations),
+        name_key=job_key,
+        node_selector=node_selector,
+        tolerations=tolerations,
         cache_pvc=cache_pvc,
     )
     launch(job, backend=backend, timeout_s=timeout_s, apis=apis)  # type: ignore[arg-type]
@@ -257,6 +259,39 @@ def train_args(
     args += ["--judges", judges] if judges else []
     args += ["--parent-run-id", parent_run_id] if parent_run_id else []
     return args + list(overrides)
+
+
+def training_job(
+    recipe: str,
+    out: str,
+    args: Sequence[str],
+    *,
+    image: str,
+    namespace: str,
+    nodes: int,
+    gpus_per_node: int,
+    name_key: str = "",
+    name: str = "",
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: Sequence[Mapping[str, Any]] = (),
+    cache_pvc: str = "",
+) -> Any:
+    """The training-operator job that runs `args` (from `train_args`) for the run at `out`; named
+    `name`, else `photogenic-<recipe>-<name_key>`, else after the run URI's fingerprint."""
+    from photogenic.launcher import TrainingJob, job_name
+
+    key = name_key or out.rstrip("/").rsplit("-", 1)[-1]
+    return TrainingJob(
+        name=name or job_name(f"photogenic-{recipe.replace('_', '-')}", key),
+        namespace=namespace,
+        image=image,
+        args=tuple(args),
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        node_selector=dict(node_selector or {}),
+        tolerations=tuple(tolerations),
+        cache_pvc=cache_pvc,
+    )
 
 
 def _pod_namespace() -> str:

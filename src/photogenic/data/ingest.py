@@ -498,17 +498,17 @@ def ingest(
         manifest_uri, manifest.fingerprint, counts, seconds=time.perf_counter() - started, bytes_in=ingestor.bytes_in
     )
     log.info(
-        "ingest: %d in -> %d samples, %d duplicates, %d quarantined; dataset %s at %s (%.1fs)",
-        counts["input"],
-        counts["samples"],
-        counts["duplicates"],
-        counts["quarantined"],
-        manifest.fingerprint[:12],
-        out,
-        result.seconds,
+        "ingest: %s; dataset %s at %s (%.1fs)", _counts_line(counts), manifest.fingerprint[:12], out, result.seconds
     )
     _log_result(run, result)
     return result
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    return (
+        f"{counts['input']} in -> {counts['samples']} samples, {counts['duplicates']} duplicates, "
+        f"{counts['quarantined']} quarantined"
+    )
 
 
 def _log_result(run: Any, result: IngestResult) -> None:
@@ -672,14 +672,7 @@ def merge_partitions(
     assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
     result = IngestResult(manifest_uri, manifest.fingerprint, counts, seconds=time.perf_counter() - started)
     log.info(
-        "ingest: merged %d partitions: %d in -> %d samples, %d duplicates, %d quarantined; dataset %s at %s",
-        n,
-        counts["input"],
-        counts["samples"],
-        counts["duplicates"],
-        counts["quarantined"],
-        manifest.fingerprint[:12],
-        out,
+        "ingest: merged %d partitions: %s; dataset %s at %s", n, _counts_line(counts), manifest.fingerprint[:12], out
     )
     _log_result(run, result)
     return result
