@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from photogenic.config import Config, load_config
@@ -20,3 +21,11 @@ def tiny_world_and_autoencoder(workspace: Path) -> tuple[str, str]:
     config = tiny_config(workspace)
     data = validate(ingest("world", config, progress=False).manifest_uri, config).manifest_uri
     return data, train("autoencoder", config, data, progress=False).model_uri
+
+
+def child_env(workspace: Path) -> dict[str, str]:
+    """The environment for a child `photogenic` process: without the process-group variables that
+    in-process training set in this one (a child must pick its own port)."""
+    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    return {**env, "PHOTOGENIC_WORKSPACE": str(workspace), "OMP_NUM_THREADS": "1"}

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from click.testing import CliRunner
 
@@ -190,6 +191,105 @@ def test_mlflow_server_killed_mid_training_keeps_the_model_and_reports_what_was_
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def _worker(launcher: psutil.Process, rank: int, timeout: float = 300) -> psutil.Process:
+    """The process of `rank` among the workers a torchrun launcher started."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in launcher.children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank) and "LOCAL_RANK" in child.environ():
+                    return child
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"torchrun never started rank {rank}")
+
+
+@pytest.fixture(scope="module")
+def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A 12-step ZeRO-2 pretraining under torchrun with 2 ranks on the tiny world, and the weights of
+    its uninterrupted run."""
+    from tests.helpers import child_env, tiny_world_and_autoencoder
+    from tests.test_train import _unet_weights
+
+    ws = tmp_path_factory.mktemp("two-ranks")
+    data, ae = tiny_world_and_autoencoder(ws)
+    cmd = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "photogenic.cli",
+        "train",
+        "pretrain",
+        "--data",
+        data,
+        "--base",
+        ae,
+        "--preset",
+        "tiny",
+        "train.pretrain.steps=12",
+        "train.pretrain.checkpoint_every=2",
+        "train.pretrain.keep_checkpoints=3",
+        "train.zero_stage=2",
+    ]
+    env = child_env(ws)
+    straight = subprocess.run([*cmd, "--out", str(ws / "straight")], env=env, capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    return {"cmd": cmd, "env": env, "weights": _unet_weights(json.loads(straight.stdout)["model_uri"])}
+
+
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "stalls"])
+def test_one_of_two_torchrun_ranks_lost_fails_the_job_within_the_timeout_and_a_restart_resumes(
+    two_rank_job: dict[str, Any], fault: signal.Signals, tmp_path: Path
+) -> None:
+    """Rank 1 of a 2-rank run dies (SIGKILL) or stalls (SIGSTOP) after the second checkpoint: the job
+    fails, with the lost rank named, within the configured collective timeout (plus torchrun's 30 s
+    grace to stop a frozen rank); no rank is left behind; the same command run again resumes from the
+    last complete checkpoint and ends with the uninterrupted run's weights."""
+    from tests.test_train import _assert_same_weights, _latest_step, _unet_weights
+
+    timeout_s = 15
+    cmd = [*two_rank_job["cmd"], f"train.collective_timeout_s={timeout_s}", "--out", str(tmp_path / "run")]
+    env = two_rank_job["env"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        launcher = psutil.Process(proc.pid)
+        rank1 = _worker(launcher, 1)
+        workers = [rank1, _worker(launcher, 0)]
+        deadline = time.monotonic() + 300
+        while _latest_step(tmp_path / "run" / "checkpoints") < 4 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the job never wrote its second checkpoint"
+            time.sleep(0.05)
+        rank1.send_signal(fault)
+        lost_at = _latest_step(tmp_path / "run" / "checkpoints")
+        assert 4 <= lost_at < 12, f"rank 1 was not lost mid-way (latest checkpoint: step {lost_at})"
+        bound = timeout_s + 30 + 30  # the collective timeout, torchrun's grace, and slack for a busy machine
+        try:
+            _, stderr = proc.communicate(timeout=bound)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the job still ran {bound}s after rank 1 was lost")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0
+    if fault == signal.SIGKILL:  # torchrun names the dead rank as the root cause
+        root_cause = stderr[stderr.index("Root Cause") :]
+        assert "rank      : 1" in root_cause and "SIGKILL" in root_cause, stderr[-3000:]
+    else:  # the waiting rank's collective times out and says so
+        assert f"rank 0 of 2: another rank died or stopped answering for more than {timeout_s}s" in stderr
+        assert "train.collective_timeout_s" in stderr, stderr[-3000:]
+    assert not psutil.wait_procs(workers, timeout=10)[1], "ranks left running after the job failed"
+
+    restarted = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    result = json.loads(restarted.stdout)
+    assert result["steps"] == 12 and result["resumed_from"] >= lost_at
+    _assert_same_weights(two_rank_job["weights"], _unet_weights(result["model_uri"]))
 
 
 def _free_port() -> int:

@@ -20,17 +20,9 @@ from photogenic.config import Config, ConfigError
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
 from photogenic.train.trainer import DiffusionTrainer, train
-from tests.helpers import tiny_config, tiny_world_and_autoencoder
+from tests.helpers import child_env, tiny_config, tiny_world_and_autoencoder
 
 PHOTOGENIC = str(Path(sys.executable).with_name("photogenic"))
-
-
-def _env(workspace: Path) -> dict[str, str]:
-    """The environment for a child `photogenic` process: without the process-group variables that
-    in-process training set in this one (a child must pick its own port)."""
-    dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-    return {**env, "PHOTOGENIC_WORKSPACE": str(workspace), "OMP_NUM_THREADS": "1"}
 
 
 _config = tiny_config
@@ -266,7 +258,7 @@ def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Pat
 
 
 def test_cli_bad_model_uris_are_one_clear_line(tiny: dict[str, Any], tmp_path: Path) -> None:
-    env = _env(tiny["ws"])
+    env = child_env(tiny["ws"])
     gen = subprocess.run(
         [PHOTOGENIC, "generate", "--model", str(tmp_path), "--prompt", "x", "--preset", "tiny"],
         capture_output=True,
@@ -290,7 +282,7 @@ def test_generate_writes_a_grid(tiny: dict[str, Any], tmp_path: Path) -> None:
         "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False
     )
     out = tmp_path / "grid.png"
-    env = _env(tiny["ws"])
+    env = child_env(tiny["ws"])
     done = subprocess.run(
         [
             PHOTOGENIC,
@@ -330,7 +322,7 @@ def test_sigkill_mid_run_then_restart_resumes_and_matches(tiny: dict[str, Any], 
     """Kill `photogenic train` with SIGKILL after its second checkpoint; the restarted command resumes
     from the last complete checkpoint and ends with the weights of an uninterrupted run."""
     overrides = ["train.pretrain.steps=12", "train.pretrain.checkpoint_every=2", "train.pretrain.keep_checkpoints=3"]
-    env = _env(tiny["ws"])
+    env = child_env(tiny["ws"])
     cmd = [
         PHOTOGENIC,
         "train",
@@ -368,7 +360,7 @@ def test_two_ranks_under_torchrun(tiny: dict[str, Any], tmp_path: Path) -> None:
     """ZeRO-2 across two gloo ranks on CPU: each rank writes its optimizer shard, rank 0 the model."""
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     out = tmp_path / "ddp"
-    env = _env(tiny["ws"])
+    env = child_env(tiny["ws"])
     done = subprocess.run(
         [
             torchrun,

@@ -18,6 +18,7 @@ from photogenic.config import PRESETS, Config, ConfigError, field_docs, load_con
 from photogenic.manifest import ManifestError
 from photogenic.redact import secret_env_values
 from photogenic.storage import StoreError, open_store, split_parent
+from photogenic.train.distributed import RankLostError
 
 __all__ = ["main"]
 
@@ -64,7 +65,7 @@ def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, StoreError, ManifestError) as exc:
+        except (ConfigError, StoreError, ManifestError, RankLostError) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper

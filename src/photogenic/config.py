@@ -196,6 +196,13 @@ class TrainConfig:
         False,
     )
     precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
+    collective_timeout_s: float = doc(
+        "Seconds a rank waits in a collective (all-reduce, barrier) for the others before its process group "
+        "fails: the bound on a hang when another rank dies or stalls (torchrun's agent usually stops the job "
+        "sooner). Does not change results, so not part of a run's identity.",
+        600.0,
+        gt=0,
+    )
     autoencoder: RecipeConfig = doc(
         "Autoencoder training.",
         # 500 steps at 1e-3 left reconstructions blurred and hues shifted (MSE 0.071 on held-out images);

@@ -7,10 +7,12 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["Dist", "setup_distributed", "torch_extensions_dir", "prebuild_ops"]
+__all__ = ["Dist", "RankLostError", "rank_lost", "setup_distributed", "torch_extensions_dir", "prebuild_ops"]
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,12 @@ def setup_distributed(timeout_s: float = 600.0) -> Dist:
     """Join (or, run alone, create) the process group and pick the device.
 
     Under torchrun the usual variables are set; a plain process becomes rank 0 of 1 on a free
-    loopback port. Backend: NCCL on GPUs, gloo on CPUs.
+    loopback port. Backend: NCCL on GPUs, gloo on CPUs. A collective that waits longer than `timeout_s`
+    for another rank fails this rank (and torchrun then stops the job).
     """
     import datetime
+
+    import torch
 
     torch_extensions_dir()
     if "RANK" not in os.environ:
@@ -58,10 +63,47 @@ def setup_distributed(timeout_s: float = 600.0) -> Dist:
     else:
         device, backend = torch.device("cpu"), "gloo"
     import deepspeed
+    from torch.distributed import distributed_c10d
 
+    timeout = datetime.timedelta(seconds=timeout_s)
+    # DeepSpeed runs ZeRO's collectives on a clone of the world group made by `new_group(ranks)`, which
+    # takes torch's default timeout (30 minutes for gloo, 10 for NCCL), not the world group's: without this a stalled
+    # rank holds the others in an all-reduce for half an hour whatever `timeout_s` says.
+    distributed_c10d.default_pg_timeout = timeout
+    if isinstance(distributed_c10d.default_pg_nccl_timeout, datetime.timedelta):  # torch built with NCCL
+        distributed_c10d.default_pg_nccl_timeout = timeout
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
     return Dist(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+class RankLostError(RuntimeError):
+    """A collective failed because another rank died or stopped answering."""
+
+
+# What gloo and NCCL say when a peer dies (its sockets close) or stalls (the timeout runs out).
+_PEER_FAILURES = (
+    "Timed out waiting",
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Watchdog caught collective operation timeout",
+    "NCCL communicator was aborted",
+)
+
+
+def rank_lost(exc: BaseException, timeout_s: float) -> RankLostError | None:
+    """A clear error for a collective that failed because another rank was lost, else None."""
+    text = str(exc)
+    if not isinstance(exc, RuntimeError) or not any(marker in text for marker in _PEER_FAILURES):
+        return None
+    rank = os.environ.get("RANK", "?")
+    world = os.environ.get("WORLD_SIZE", "?")
+    reason = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return RankLostError(
+        f"rank {rank} of {world}: another rank died or stopped answering for more than {timeout_s:g}s "
+        f"(train.collective_timeout_s) during a collective ({reason}); restart the job: it resumes from "
+        "the last complete checkpoint"
+    )
 
 
 def prebuild_ops() -> None:

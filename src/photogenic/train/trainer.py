@@ -22,7 +22,7 @@ from photogenic.storage import join_uri, open_store
 from photogenic.train.checkpoint import Checkpoints
 from photogenic.train.data import RankData, load_rank_data
 from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap, zero_stage
-from photogenic.train.distributed import Dist, setup_distributed
+from photogenic.train.distributed import Dist, rank_lost, setup_distributed
 
 __all__ = [
     "Trainer",
@@ -219,7 +219,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ the loop
 
     def build(self) -> None:
-        self.dist = setup_distributed()
+        self.dist = setup_distributed(self.config.train.collective_timeout_s)
         torch.manual_seed(self.config.train.seed)  # the same initial weights on every rank
         self.micro = micro_batch_size(self.recipe, self.dist.world_size, self.name)
         self.image_size = self.config.world.image_size
@@ -700,6 +700,9 @@ RECIPES: dict[str, type[Trainer]] = {
 }
 
 
+_RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
+
+
 def run_uri(
     recipe: str, config: Config, data_uri: str, base: str | None, judges: str | None, out: str | None = None
 ) -> str:
@@ -714,7 +717,7 @@ def run_uri(
                 "data": data_uri,
                 "base": base,
                 "model": to_dict(config.model),
-                "train": to_dict(config.train),
+                "train": {k: v for k, v in to_dict(config.train).items() if k not in _RUN_NEUTRAL},
                 **({"judges": judges} if judges else {}),
             }
         )
@@ -750,7 +753,13 @@ def train(
     trainer = RECIPES[recipe](
         config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe, judges=judges
     )
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    except RuntimeError as exc:
+        lost = rank_lost(exc, config.train.collective_timeout_s)
+        if lost is None:
+            raise
+        raise lost from exc
     log.info(
         "%s: %d steps -> %s (loss %.4f, %.1fs)",
         recipe,
