@@ -4,6 +4,7 @@ of bad rows, bad settings, and credentials that must appear nowhere. See RELIABI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -257,6 +258,7 @@ def test_one_of_two_torchrun_ranks_lost_fails_the_job_within_the_timeout_and_a_r
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    workers: list[psutil.Process] = []
     try:
         launcher = psutil.Process(proc.pid)
         rank1 = _worker(launcher, 1)
@@ -274,8 +276,11 @@ def test_one_of_two_torchrun_ranks_lost_fails_the_job_within_the_timeout_and_a_r
         except subprocess.TimeoutExpired:
             pytest.fail(f"the job still ran {bound}s after rank 1 was lost")
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # the workers run in sessions of their own: kill them by pid too
             os.killpg(proc.pid, signal.SIGKILL)
+            for worker in workers:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.kill()
     assert proc.returncode != 0
     if fault == signal.SIGKILL:  # torchrun names the dead rank as the root cause
         root_cause = stderr[stderr.index("Root Cause") :]
