@@ -6,6 +6,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Two test processes: much of the suite waits on process start-up, servers and subprocesses, so two
+# workers finish sooner even on 2 cores; a file's tests stay in one worker (they share fixtures).
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
 .PHONY: setup lint format test demo bench clean manifests images
 
