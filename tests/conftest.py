@@ -58,6 +58,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
+def own_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedS3]:
+    """A SeaweedFS of this test's own (killing the session's server would disturb other tests)."""
+    import boto3
+
+    server = SeaweedS3(tmp_path / "seaweed" / "data")
+    server.start()
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    boto3.session.Session().client("s3").create_bucket(Bucket="photogenic")  # not the cached default session
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> SeaweedS3:
     """The AWS environment variables that point boto3 at the test server."""
     if s3_server.process is None:  # a test stopped it
