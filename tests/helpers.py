@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from photogenic.config import Config, load_config
 from photogenic.data.ingest import ingest
 from photogenic.data.validate import validate
@@ -29,3 +32,22 @@ def child_env(workspace: Path) -> dict[str, str]:
     dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in dist_vars}
     return {**env, "PHOTOGENIC_WORKSPACE": str(workspace), "OMP_NUM_THREADS": "1"}
+
+
+def unet_weights(model_uri: str) -> dict[str, torch.Tensor]:
+    """The exported denoiser's weights."""
+    return load_file(str(Path(model_uri, "unet", "diffusion_pytorch_model.safetensors")))
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= atol, f"weights differ by up to {worst}"
+
+
+def latest_checkpoint_step(checkpoints: Path) -> int:
+    """The step the run's `latest` pointer names (0 before the first complete checkpoint)."""
+    try:
+        return int((checkpoints / "latest").read_text().split("-")[1])
+    except (FileNotFoundError, ValueError, IndexError):
+        return 0

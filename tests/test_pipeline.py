@@ -79,7 +79,7 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
     assert version.source == st["quality_tune"]["model_uri"] and reg["alias"] == ""
     assert "not above 0.5" in version.tags["photogenic.gate"]
     assert not client.get_registered_model(reg["name"]).aliases
-    # A run killed between stages and run again reuses them: test_reliability.py.
+    # A run killed between stages and run again reuses them: test_reliability_pipeline.py.
 
 
 def test_a_failing_stage_stops_the_run_with_its_own_error_and_fails_the_parent_run(tmp_path: Path) -> None:

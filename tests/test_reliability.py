@@ -184,10 +184,11 @@ def _worker(launcher: psutil.Process, rank: int, timeout: float = 300) -> psutil
     while time.monotonic() < deadline:
         for child in launcher.children(recursive=True):
             try:
-                if child.environ().get("RANK") == str(rank) and "LOCAL_RANK" in child.environ():
-                    return child
+                env = child.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
+            if env.get("RANK") == str(rank) and "LOCAL_RANK" in env:
+                return child
         time.sleep(0.1)
     raise AssertionError(f"torchrun never started rank {rank}")
 
@@ -196,8 +197,7 @@ def _worker(launcher: psutil.Process, rank: int, timeout: float = 300) -> psutil
 def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A 12-step ZeRO-2 pretraining under torchrun with 2 ranks on the tiny world, and the weights of
     its uninterrupted run."""
-    from tests.helpers import child_env, tiny_world_and_autoencoder
-    from tests.test_train import _unet_weights
+    from tests.helpers import child_env, tiny_world_and_autoencoder, unet_weights
 
     ws = tmp_path_factory.mktemp("two-ranks")
     data, ae = tiny_world_and_autoencoder(ws)
@@ -223,7 +223,7 @@ def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = child_env(ws)
     straight = subprocess.run([*cmd, "--out", str(ws / "straight")], env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    return {"cmd": cmd, "env": env, "weights": _unet_weights(json.loads(straight.stdout)["model_uri"])}
+    return {"cmd": cmd, "env": env, "weights": unet_weights(json.loads(straight.stdout)["model_uri"])}
 
 
 @pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["dies", "stalls"])
@@ -234,7 +234,7 @@ def test_one_of_two_torchrun_ranks_lost_fails_the_job_within_the_timeout_and_a_r
     fails, with the lost rank named, within the configured collective timeout (plus torchrun's 30 s
     grace to stop a frozen rank); no rank is left behind; the same command run again resumes from the
     last complete checkpoint and ends with the uninterrupted run's weights."""
-    from tests.test_train import _assert_same_weights, _latest_step, _unet_weights
+    from tests.helpers import assert_same_weights, latest_checkpoint_step, unet_weights
 
     timeout_s = 15
     cmd = [*two_rank_job["cmd"], f"train.collective_timeout_s={timeout_s}", "--out", str(tmp_path / "run")]
@@ -248,11 +248,11 @@ def test_one_of_two_torchrun_ranks_lost_fails_the_job_within_the_timeout_and_a_r
         rank1 = _worker(launcher, 1)
         workers = [rank1, _worker(launcher, 0)]
         deadline = time.monotonic() + 300
-        while _latest_step(tmp_path / "run" / "checkpoints") < 4 and proc.poll() is None:
+        while latest_checkpoint_step(tmp_path / "run" / "checkpoints") < 4 and proc.poll() is None:
             assert time.monotonic() < deadline, "the job never wrote its second checkpoint"
             time.sleep(0.05)
         rank1.send_signal(fault)
-        lost_at = _latest_step(tmp_path / "run" / "checkpoints")
+        lost_at = latest_checkpoint_step(tmp_path / "run" / "checkpoints")
         assert 4 <= lost_at < 12, f"rank 1 was not lost mid-way (latest checkpoint: step {lost_at})"
         bound = timeout_s + 30 + 30  # the collective timeout, torchrun's grace, and slack for a busy machine
         try:
@@ -278,7 +278,7 @@ def test_one_of_two_torchrun_ranks_lost_fails_the_job_within_the_timeout_and_a_r
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     result = json.loads(restarted.stdout)
     assert result["steps"] == 12 and result["resumed_from"] >= lost_at
-    _assert_same_weights(two_rank_job["weights"], _unet_weights(result["model_uri"]))
+    assert_same_weights(two_rank_job["weights"], unet_weights(result["model_uri"]))
 
 
 def _free_port() -> int:

@@ -20,7 +20,14 @@ from photogenic.config import Config, ConfigError
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
 from photogenic.train.trainer import DiffusionTrainer, train
-from tests.helpers import child_env, tiny_config, tiny_world_and_autoencoder
+from tests.helpers import (
+    assert_same_weights,
+    child_env,
+    latest_checkpoint_step,
+    tiny_config,
+    tiny_world_and_autoencoder,
+    unet_weights,
+)
 
 PHOTOGENIC = str(Path(sys.executable).with_name("photogenic"))
 
@@ -34,16 +41,6 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ws = tmp_path_factory.mktemp("train-ws")
     data, ae = tiny_world_and_autoencoder(ws)
     return {"ws": ws, "data": data, "ae": ae}
-
-
-def _unet_weights(model_uri: str) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(model_uri, "unet", "diffusion_pytorch_model.safetensors")))
-
-
-def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
-    assert a.keys() == b.keys()
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst <= atol, f"weights differ by up to {worst}"
 
 
 def test_autoencoder_export_has_16_latent_channels_and_a_scaling_factor(tiny: dict[str, Any]) -> None:
@@ -107,7 +104,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(tiny: dict[str, Any], tmp
         _run(_CrashingTrainer, config, tiny["data"], str(tmp_path / "b"), tiny["ae"], crash_after=2)
     resumed = train("pretrain", config, tiny["data"], out=str(tmp_path / "b"), base=tiny["ae"], progress=False)
     assert resumed.resumed_from == 2 and resumed.steps == 4
-    _assert_same_weights(_unet_weights(straight.model_uri), _unet_weights(resumed.model_uri))
+    assert_same_weights(unet_weights(straight.model_uri), unet_weights(resumed.model_uri))
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "partial"])
@@ -133,7 +130,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(
     assert resumed.resumed_from == 2
     assert "step-00000003 is incomplete or corrupt" in caplog.text
     straight = train("pretrain", config, tiny["data"], out=str(tmp_path / "ref"), base=tiny["ae"], progress=False)
-    _assert_same_weights(_unet_weights(straight.model_uri), _unet_weights(resumed.model_uri))
+    assert_same_weights(unet_weights(straight.model_uri), unet_weights(resumed.model_uri))
 
 
 def test_checkpoint_retention_keeps_the_newest(tiny: dict[str, Any], tmp_path: Path) -> None:
@@ -310,13 +307,6 @@ def test_generate_writes_a_grid(tiny: dict[str, Any], tmp_path: Path) -> None:
     assert Image.open(out).size == (3 * 64, 2 * 64)  # 3 seeds x 2 prompts, 32 px upscaled 2x
 
 
-def _latest_step(checkpoints: Path) -> int:
-    try:
-        return int((checkpoints / "latest").read_text().split("-")[1])
-    except (FileNotFoundError, ValueError, IndexError):
-        return 0
-
-
 @pytest.mark.slow
 def test_sigkill_mid_run_then_restart_resumes_and_matches(tiny: dict[str, Any], tmp_path: Path) -> None:
     """Kill `photogenic train` with SIGKILL after its second checkpoint; the restarted command resumes
@@ -340,11 +330,11 @@ def test_sigkill_mid_run_then_restart_resumes_and_matches(tiny: dict[str, Any], 
         [*cmd, "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.monotonic() + 300
-    while _latest_step(out / "checkpoints") < 4 and proc.poll() is None and time.monotonic() < deadline:
+    while latest_checkpoint_step(out / "checkpoints") < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed_at = _latest_step(out / "checkpoints")
+    killed_at = latest_checkpoint_step(out / "checkpoints")
     assert 4 <= killed_at < 12, f"the run was not killed mid-way (latest checkpoint: step {killed_at})"
     restarted = subprocess.run([*cmd, "--out", str(out)], env=env, capture_output=True, text=True)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
@@ -352,7 +342,7 @@ def test_sigkill_mid_run_then_restart_resumes_and_matches(tiny: dict[str, Any], 
     assert result["steps"] == 12 and result["resumed_from"] >= killed_at
     straight = subprocess.run([*cmd, "--out", str(tmp_path / "straight")], env=env, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    _assert_same_weights(_unet_weights(json.loads(straight.stdout)["model_uri"]), _unet_weights(result["model_uri"]))
+    assert_same_weights(unet_weights(json.loads(straight.stdout)["model_uri"]), unet_weights(result["model_uri"]))
 
 
 @pytest.mark.slow
