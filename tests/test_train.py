@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from photogenic.config import Config, ConfigError
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
-from photogenic.train.trainer import DiffusionTrainer, train
+from photogenic.train.trainer import DiffusionTrainer, run_uri, train
 from tests.helpers import (
     assert_same_weights,
     child_env,
@@ -240,6 +240,32 @@ def test_zero_stages_match_a_bare_pytorch_loop(tiny: dict[str, Any], tmp_path: P
         losses[stage] = trainer.losses
     for stage in (1, 2, 3):
         assert losses[stage] == pytest.approx(losses["bare"], rel=1e-4), (stage, losses)
+
+
+def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_path: Path) -> None:
+    """Tuning one recipe must not send the others to train again; what does change a result must."""
+    recipes = ("autoencoder", "pretrain", "quality_tune")
+
+    def uris(*overrides: str) -> dict[str, str]:
+        config = tiny_config(tmp_path, *overrides)
+        return {r: run_uri(r, config, "s3://b/data.json", "s3://b/base", "s3://b/judges") for r in recipes}
+
+    base = uris()
+    qt_lr = uris("train.quality_tune.learning_rate=3e-4")
+    assert qt_lr["quality_tune"] != base["quality_tune"]
+    assert {r: qt_lr[r] for r in recipes[:2]} == {r: base[r] for r in recipes[:2]}
+    pretrain_steps = uris("train.pretrain.steps=7")
+    assert [pretrain_steps[r] == base[r] for r in recipes] == [True, False, True]
+    seed = uris("train.seed=1")
+    assert all(seed[r] != base[r] for r in recipes)
+    assert uris("train.collective_timeout_s=5") == base
+    # quality-tuning picks its checkpoint by images drawn with the evaluation's sampler
+    sampler = uris("evaluate.sampling_steps=3")
+    assert [sampler[r] == base[r] for r in recipes] == [True, True, False]
+    assert (
+        uris("evaluate.sampling_steps=3", "train.quality_tune.validate_every=0")["quality_tune"]
+        == uris("train.quality_tune.validate_every=0")["quality_tune"]
+    )
 
 
 def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -703,6 +703,21 @@ RECIPES: dict[str, type[Trainer]] = {
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
 
 
+def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
+    """The train settings a run's result depends on: the shared ones (seed, ZeRO, precision) and its own
+    recipe's section, not the other recipes' (tuning quality-tuning must not retrain the autoencoder)."""
+    train = to_dict(config.train)
+    shared = {k: v for k, v in train.items() if k not in RECIPES and k not in _RUN_NEUTRAL}
+    return {**shared, recipe: train[recipe]}
+
+
+def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
+    """A recipe that stops early picks its weights by images drawn with the evaluation's sampler."""
+    if not getattr(config.train, recipe).validate_every:
+        return {}
+    return {"sampling": {"steps": config.evaluate.sampling_steps, "guidance": config.evaluate.guidance_scale}}
+
+
 def run_uri(
     recipe: str, config: Config, data_uri: str, base: str | None, judges: str | None, out: str | None = None
 ) -> str:
@@ -717,8 +732,9 @@ def run_uri(
                 "data": data_uri,
                 "base": base,
                 "model": to_dict(config.model),
-                "train": {k: v for k, v in to_dict(config.train).items() if k not in _RUN_NEUTRAL},
+                "train": _run_train_settings(recipe, config),
                 **({"judges": judges} if judges else {}),
+                **_validation_settings(recipe, config),
             }
         )
         out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
