@@ -400,7 +400,7 @@ def tiny() -> Config:
 
 @preset
 def demo() -> Config:
-    """The default local run: the whole pipeline on 2 CPU cores in about two hours."""
+    """The default local run: the whole pipeline on 2 CPU cores in two to three hours."""
     return Config(preset="demo")
 
 
