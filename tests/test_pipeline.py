@@ -252,10 +252,16 @@ def test_the_registration_gate() -> None:
 
     good = {"metrics": {"appeal_win_lo": 0.62, "faithfulness_win": 0.1, "faithfulness_loss": 0.08}, "trustworthy": True}
     assert gate(good) == (True, "passed")
+    held_out = {"metrics": {**good["metrics"], "faithfulness_held_out_win": 0.2, "faithfulness_held_out_loss": 0.2}}
+    assert gate({**good, **held_out}) == (True, "passed")
     for change, reason in [
         ({"metrics": {**good["metrics"], "appeal_win_lo": 0.5}}, "not above 0.5"),
         ({"metrics": {**good["metrics"], "faithfulness_loss": 0.2}}, "faithfulness is worse"),
         ({"trustworthy": False}, "failed their validity check"),
+        (
+            {"metrics": {**held_out["metrics"], "faithfulness_held_out_loss": 0.3}},
+            "faithfulness is worse on the held-out concepts",
+        ),
     ]:
         passed, why = gate({**good, **change})
         assert not passed and reason in why

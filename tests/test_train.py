@@ -258,6 +258,10 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
     assert [pretrain_steps[r] == base[r] for r in recipes] == [True, False, True]
     seed = uris("train.seed=1")
     assert all(seed[r] != base[r] for r in recipes)
+    # the autoencoder is built from its own model fields only: a U-Net change keeps it, a latent change not
+    unet = uris("model.attention_levels=1", "model.unet_channels=[16,16]")
+    assert [unet[r] == base[r] for r in recipes] == [True, False, False]
+    assert all(v != base[r] for r, v in uris("model.latent_channels=4").items())
     assert uris("train.collective_timeout_s=5") == base
     # quality-tuning picks its checkpoint by images drawn with the evaluation's sampler
     sampler = uris("evaluate.sampling_steps=3")

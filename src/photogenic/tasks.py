@@ -334,16 +334,20 @@ def evaluate_models(config: Config, a: str, b: str, judges_uri: str, parent_run_
 
 def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
     """Whether a candidate may become `champion`: the appeal win rate's 95% lower bound above 50%,
-    faithfulness not worse (wins >= losses), and judges that passed their validity check."""
+    faithfulness not worse (wins >= losses) over the benchmark and, when concepts were held out of the
+    QT set, on their prompts alone (the paper's claim that quality-tuning generalises), and judges that
+    passed their validity check."""
     m = evaluation["metrics"]
     reasons = []
     if not m.get("appeal_win_lo", 0.0) > 0.5:
         reasons.append(f"appeal win rate lower bound {m.get('appeal_win_lo', 0.0):.3f} is not above 0.5")
-    if m.get("faithfulness_win", 0.0) < m.get("faithfulness_loss", 0.0):
-        reasons.append(
-            f"faithfulness is worse ({m.get('faithfulness_win', 0.0):.3f} wins < "
-            f"{m.get('faithfulness_loss', 0.0):.3f} losses)"
-        )
+    checks = [("faithfulness", "")]
+    if "faithfulness_held_out_win" in m:  # concepts were held out of the QT set
+        checks.append(("faithfulness_held_out", " on the held-out concepts"))
+    for prefix, where in checks:
+        win, loss = m.get(f"{prefix}_win", 0.0), m.get(f"{prefix}_loss", 0.0)
+        if win < loss:
+            reasons.append(f"faithfulness is worse{where} ({win:.3f} wins < {loss:.3f} losses)")
     if not evaluation.get("trustworthy", False):
         reasons.append("the evaluation judges failed their validity check")
     return not reasons, "; ".join(reasons) or "passed"

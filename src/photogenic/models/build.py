@@ -12,21 +12,28 @@ def _groups(channels: tuple[int, ...]) -> int:
     return next(g for g in (32, 16, 8, 4, 2, 1) if all(c % g == 0 for c in channels))
 
 
+def autoencoder_settings(model: ModelConfig) -> dict[str, Any]:
+    """The `model` fields `build_autoencoder` reads: all an autoencoder run depends on of the model section
+    (a wider U-Net must not retrain the autoencoder under it)."""
+    return {"latent_channels": model.latent_channels, "autoencoder_channels": model.autoencoder_channels}
+
+
 def build_autoencoder(model: ModelConfig) -> Any:
     """A KL autoencoder with `model.latent_channels` latent channels (paper, 3.1: 16 reconstruct far better
     than 4). Each block after the first halves the resolution."""
     from diffusers import AutoencoderKL
 
-    n = len(model.autoencoder_channels)
+    settings = autoencoder_settings(model)  # nothing else of `model` may shape the autoencoder
+    n = len(settings["autoencoder_channels"])
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * n,
         up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=model.autoencoder_channels,
-        latent_channels=model.latent_channels,
+        block_out_channels=settings["autoencoder_channels"],
+        latent_channels=settings["latent_channels"],
         layers_per_block=1,
-        norm_num_groups=_groups(model.autoencoder_channels),
+        norm_num_groups=_groups(settings["autoencoder_channels"]),
     )
 
 

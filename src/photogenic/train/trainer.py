@@ -210,7 +210,7 @@ class Trainer:
         """What a checkpoint must share with this run to be resumed by it."""
         return {
             "recipe": self.name,
-            "model": fingerprint(to_dict(self.config.model)),
+            "model": fingerprint(_run_model_settings(self.name, self.config)),
             "image_size": self.image_size,
             "zero_stage": zero_stage(self.config.train, self.dist.world_size),
             "world_size": self.dist.world_size,
@@ -703,6 +703,17 @@ RECIPES: dict[str, type[Trainer]] = {
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
 
 
+def _run_model_settings(recipe: str, config: Config) -> dict[str, Any]:
+    """The model settings a run's weights depend on: the autoencoder's own fields for the autoencoder,
+    the whole section for the denoiser recipes (their U-Net is built from it, their latents from the
+    autoencoder they are given)."""
+    if recipe == "autoencoder":
+        from photogenic.models.build import autoencoder_settings
+
+        return autoencoder_settings(config.model)
+    return to_dict(config.model)
+
+
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
     """The train settings a run's result depends on: the shared ones (seed, ZeRO, precision) and its own
     recipe's section, not the other recipes' (tuning quality-tuning must not retrain the autoencoder)."""
@@ -731,7 +742,7 @@ def run_uri(
                 "recipe": recipe,
                 "data": data_uri,
                 "base": base,
-                "model": to_dict(config.model),
+                "model": _run_model_settings(recipe, config),
                 "train": _run_train_settings(recipe, config),
                 **({"judges": judges} if judges else {}),
                 **_validation_settings(recipe, config),
