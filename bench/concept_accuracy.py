@@ -44,6 +44,13 @@ def main() -> None:
     acc["all"] = float(
         np.mean([all(s[k] == getattr(p, k) for k in CONCEPTS) for s, p in zip(seen, asked, strict=True)])
     )
+    by_shape = {
+        shape: float(np.mean([s["shape"] == shape for s, p in zip(seen, asked, strict=True) if p.shape == shape]))
+        for shape in sorted({p.shape for p in asked})
+    }
+    print("shape accuracy per prompted shape:", ", ".join(f"{k} {v:.2f}" for k, v in by_shape.items()))
+    drawn = {shape: float(np.mean([s["shape"] == shape for s in seen])) for shape in by_shape}
+    print("share of images judged to show each shape:", ", ".join(f"{k} {v:.2f}" for k, v in drawn.items()))
     validity = judge.meta["metrics"]
     out = Path(__file__).parent / "results" / "concept_accuracy.md"
     if not out.exists():

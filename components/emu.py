@@ -113,7 +113,8 @@ def evaluate(
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def register(preset: str, overrides: list, model: dict, evaluation: dict, model_name: str, parent_run_id: str) -> dict:
     """Register the quality-tuned model in MLflow; alias it `champion` only if the evaluation passes the
-    gate (appeal win rate's lower bound above 50%, faithfulness not worse, judges valid).
+    gate (appeal win rate's lower bound above 50%, faithfulness not worse, also on held-out concepts, judges
+    valid).
 
     Args:
         preset: the config preset.
