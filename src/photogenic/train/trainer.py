@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from photogenic.config import Config, ConfigError, RecipeConfig, fingerprint, to_dict
+from photogenic.config import Config, ConfigError, ModelConfig, RecipeConfig, fingerprint, to_dict
 from photogenic.manifest import Manifest, ManifestError, ObjectRef, publish, read_manifest
 from photogenic.storage import join_uri, open_store
 from photogenic.train.checkpoint import Checkpoints
@@ -176,6 +176,12 @@ class Trainer:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    @staticmethod
+    def model_settings(model: ModelConfig) -> dict[str, Any]:
+        """The `model` settings the weights depend on (a run's identity, its checkpoints' signature): the
+        whole section unless a recipe builds from less of it."""
+        return to_dict(model)
+
     def prepare(self, data: RankData) -> None:
         """Anything computed once from the data before the loop."""
 
@@ -210,7 +216,7 @@ class Trainer:
         """What a checkpoint must share with this run to be resumed by it."""
         return {
             "recipe": self.name,
-            "model": fingerprint(_run_model_settings(self.name, self.config)),
+            "model": fingerprint(self.model_settings(self.config.model)),
             "image_size": self.image_size,
             "zero_stage": zero_stage(self.config.train, self.dist.world_size),
             "world_size": self.dist.world_size,
@@ -437,6 +443,13 @@ class AutoencoderTrainer(Trainer):
         from photogenic.models import build_autoencoder
 
         return build_autoencoder(self.config.model)
+
+    @staticmethod
+    def model_settings(model: ModelConfig) -> dict[str, Any]:
+        """Only the fields the autoencoder is built from: a wider U-Net must not retrain it."""
+        from photogenic.models.build import autoencoder_settings
+
+        return autoencoder_settings(model)
 
     def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         images = self.data.images[batch].float().div(127.5).sub(1.0).to(self.dist.device)
@@ -703,17 +716,6 @@ RECIPES: dict[str, type[Trainer]] = {
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
 
 
-def _run_model_settings(recipe: str, config: Config) -> dict[str, Any]:
-    """The model settings a run's weights depend on: the autoencoder's own fields for the autoencoder,
-    the whole section for the denoiser recipes (their U-Net is built from it, their latents from the
-    autoencoder they are given)."""
-    if recipe == "autoencoder":
-        from photogenic.models.build import autoencoder_settings
-
-        return autoencoder_settings(config.model)
-    return to_dict(config.model)
-
-
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
     """The train settings a run's result depends on: the shared ones (seed, ZeRO, precision) and its own
     recipe's section, not the other recipes' (tuning quality-tuning must not retrain the autoencoder)."""
@@ -742,7 +744,7 @@ def run_uri(
                 "recipe": recipe,
                 "data": data_uri,
                 "base": base,
-                "model": _run_model_settings(recipe, config),
+                "model": RECIPES[recipe].model_settings(config.model),
                 "train": _run_train_settings(recipe, config),
                 **({"judges": judges} if judges else {}),
                 **_validation_settings(recipe, config),
