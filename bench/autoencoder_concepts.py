@@ -10,26 +10,30 @@ Prints one line per kind of image; the reading is recorded in bench/results/conc
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from photogenic.config import load_config
 from photogenic.judges import CONCEPTS, judge_world, load_judge
-from photogenic.train.trainer import load_model_pipeline
+from photogenic.train.trainer import load_model_dir
 from photogenic.world import labelled_renders
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="an exported model (its vae/ is used)")
+    parser.add_argument("--model", required=True, help="an exported autoencoder or full model (its vae/ is used)")
     parser.add_argument("--judges", required=True, help="the evaluation judge set")
     parser.add_argument("--preset", default="demo")
     parser.add_argument("-n", type=int, default=600, help="held-out renders")
     args = parser.parse_args()
     config = load_config(args.preset)
     judge = load_judge(args.judges, config)
-    vae = load_model_pipeline(args.model, config).vae
+    from diffusers import AutoencoderKL
+
+    local = load_model_dir(args.model, Path(config.workspace, "cache", "models").resolve())
+    vae = AutoencoderKL.from_pretrained(local / "vae").eval()
     images, labels = labelled_renders(judge_world(config, "evaluation", holdout=True), 0, args.n)
     x = torch.from_numpy(images).float().div(127.5).sub(1.0)
     with torch.no_grad():

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -262,6 +263,9 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
     unet = uris("model.attention_levels=1", "model.unet_channels=[16,16]")
     assert [unet[r] == base[r] for r in recipes] == [True, False, False]
     assert all(v != base[r] for r, v in uris("model.latent_channels=4").items())
+    # a U-Net builder that makes a different network of the same settings retrains the diffusion recipes
+    with mock.patch("photogenic.models.build.UNET_REVISION", -1):
+        assert [v == base[r] for r, v in uris().items()] == [True, False, False]
     assert uris("train.collective_timeout_s=5") == base
     # quality-tuning picks its checkpoint by images drawn with the evaluation's sampler
     sampler = uris("evaluate.sampling_steps=3")
@@ -270,6 +274,19 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
         uris("evaluate.sampling_steps=3", "train.quality_tune.validate_every=0")["quality_tune"]
         == uris("train.quality_tune.validate_every=0")["quality_tune"]
     )
+
+
+def test_unet_attention_heads_are_as_wide_as_configured(tmp_path: Path) -> None:
+    """`model.attention_head_dim` is a head's width in every attention layer, self and cross."""
+    from photogenic.models import build_unet
+
+    model = tiny_config(tmp_path).model
+    unet = build_unet(model, 8, 24)
+    blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if hasattr(b, "attentions")]
+    layers = [a for b in blocks for t in b.attentions for blk in t.transformer_blocks for a in (blk.attn1, blk.attn2)]
+    assert len(layers) >= 4
+    assert {a.inner_dim // a.heads for a in layers} == {model.attention_head_dim}
+    assert {a.heads for a in layers} == {c // model.attention_head_dim for c in model.unet_channels}
 
 
 def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -128,7 +128,9 @@ class ModelConfig:
         True,
     )
     layers_per_block: int = doc("Residual layers per U-Net block.", 1, ge=1, le=8)
-    attention_head_dim: int = doc("Width of one attention head in the U-Net.", 32, ge=8)
+    attention_head_dim: int = doc(
+        "Width of one attention head in the U-Net; a block has its channels / this many heads.", 32, ge=8
+    )
     text_encoder: str = doc(
         "Frozen text encoder: 'minilm' (the offline MiniLM package) or a local/S3 path to a model.", "minilm"
     )

@@ -42,6 +42,24 @@ def latent_size(model: ModelConfig, image_size: int) -> int:
     return image_size // 2 ** (len(model.autoencoder_channels) - 1)
 
 
+# The revision of what `build_unet` makes of a config. Bump it when the same settings build a different
+# network, so that runs and checkpoints of the old network are neither reused nor resumed as the new one
+# (revision 2: attention heads `attention_head_dim` wide; revision 1 made 32 heads of width 2 and 4).
+UNET_REVISION = 2
+
+
+def unet_settings(model: ModelConfig) -> dict[str, Any]:
+    """What a U-Net built by `build_unet` depends on: the whole model section and the builder's revision."""
+    from photogenic.config import to_dict
+
+    return {**to_dict(model), "unet_revision": UNET_REVISION}
+
+
+def attention_heads(model: ModelConfig) -> tuple[int, ...]:
+    """Attention heads of each U-Net block: its width over `model.attention_head_dim` (at least one)."""
+    return tuple(max(1, c // model.attention_head_dim) for c in model.unet_channels)
+
+
 def build_unet(model: ModelConfig, sample_size: int, text_dim: int) -> Any:
     """A text-conditioned U-Net. Cross-attention only at the `attention_levels` lowest resolutions and in
     the mid block: at 16x16 or more it dominates CPU step time for little gain on small images. With
@@ -64,7 +82,10 @@ def build_unet(model: ModelConfig, sample_size: int, text_dim: int) -> Any:
         block_out_channels=model.unet_channels,
         layers_per_block=model.layers_per_block,
         cross_attention_dim=text_dim,
-        attention_head_dim=model.attention_head_dim,
+        # diffusers' `attention_head_dim` is, for this class, the number of heads per block (a naming
+        # quirk it keeps for compatibility, diffusers issue 2011): pass heads such that each is
+        # `model.attention_head_dim` wide. Passing the width itself made 32 heads of width 2 and 4.
+        attention_head_dim=attention_heads(model),
         norm_num_groups=_groups(model.unet_channels),
         resnet_time_scale_shift="scale_shift" if model.pooled_text else "default",
         **pooled,

@@ -493,6 +493,14 @@ class DiffusionTrainer(Trainer):
     each distinct caption.
     """
 
+    @staticmethod
+    def model_settings(model: ModelConfig) -> dict[str, Any]:
+        """The model section and the U-Net builder's revision: a builder that makes a different network
+        from the same settings must not reuse or resume runs of the old one."""
+        from photogenic.models.build import unet_settings
+
+        return unet_settings(model)
+
     def build_model(self) -> torch.nn.Module:
         """From an autoencoder export: a new U-Net on the configured text encoder (pretraining). From a
         full model (ours, or a Stable Diffusion layout): its own U-Net, text encoder, tokenizer and noise
