@@ -11,6 +11,7 @@ import io
 import json
 import re
 import sys
+import threading
 import time
 import uuid
 from collections import deque
@@ -47,21 +48,37 @@ class _Progress(io.TextIOBase):
     current: str = ""
     failed: list[tuple[str, str]] = field(default_factory=list)
     done: int = 0
-    _partial: str = ""
+    # kfp.local runs a ParallelFor's tasks in threads that all print here, and `print` writes a line's
+    # text and its newline in separate calls: lines are assembled per thread, under a lock (without
+    # them, concurrent writes lost task-end lines and garbled the log file).
+    _partial: dict[int, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        self.log.write(text)
-        self._partial += text
-        *lines, self._partial = self._partial.split("\n")
-        for line in lines:
-            self._line(_ANSI.sub("", line))
+        with self._lock:
+            thread = threading.get_ident()
+            *lines, rest = (self._partial.pop(thread, "") + text).split("\n")
+            if rest:
+                self._partial[thread] = rest
+            for line in lines:
+                self.log.write(line + "\n")
+                self._line(_ANSI.sub("", line))
         return len(text)
 
     def flush(self) -> None:
-        self.log.flush()
+        with self._lock:
+            self.log.flush()
+
+    def drain(self) -> None:
+        """Write what threads left without a final newline to the log."""
+        with self._lock:
+            for rest in self._partial.values():
+                self.log.write(rest + "\n")
+            self._partial.clear()
+            self.log.flush()
 
     def _line(self, line: str) -> None:
         if m := _STARTED.search(line):
@@ -167,6 +184,8 @@ def run_locally(
             else:
                 task, error = progress.current or "pipeline", f"{type(exc).__name__}: {_ANSI.sub('', str(exc))}"
             raise LocalRunError(task, error, log_path) from exc
+        finally:
+            progress.drain()
     if not summary.exists():
         raise LocalRunError("summarize", f"the run finished but wrote no summary at {summary}", log_path)
     result = json.loads(summary.read_text())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -288,3 +290,38 @@ def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Pat
     assert first["alias"] == "champion" and second["alias"] == ""
     assert str(client.get_model_version_by_alias("m", "champion").version) == first["version"]
     assert client.get_model_version("m", second["version"]).tags["photogenic.model"] == "def"
+
+
+def test_progress_counts_every_task_end_printed_by_parallel_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kfp.local's ParallelFor tasks print from threads at once, each line in two writes as `print` does:
+    every task end still becomes one console line, and the log keeps every line intact."""
+    from photogenic.pipelines.local import _Progress
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to make a race likely
+    try:
+        with open(tmp_path / "run.log", "w", encoding="utf-8") as log:
+            console = io.StringIO()
+            progress = _Progress(log, console, {"ingest-partition": "ingest-partition"})
+
+            def task(i: int) -> None:
+                for j in range(300):
+                    progress.write(f"{i}:{j} - INFO - Task 'ingest-partition' finished with status SUCCESS")
+                    progress.write("\n")
+
+            threads = [threading.Thread(target=task, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            progress.write("a last line without a newline")
+            progress.drain()
+    finally:
+        sys.setswitchinterval(interval)
+    assert progress.done == 2400
+    assert console.getvalue().count("ingest-partition") == 2400
+    lines = (tmp_path / "run.log").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2401 and lines[-1] == "a last line without a newline"
+    assert {f"{i}:{j}" for i in range(8) for j in range(300)} == {line.split(" ")[0] for line in lines[:-1]}
