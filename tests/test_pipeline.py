@@ -292,9 +292,7 @@ def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Pat
     assert client.get_model_version("m", second["version"]).tags["photogenic.model"] == "def"
 
 
-def test_progress_counts_every_task_end_printed_by_parallel_tasks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_progress_counts_every_task_end_printed_by_parallel_tasks(tmp_path: Path) -> None:
     """kfp.local's ParallelFor tasks print from threads at once, each line in two writes as `print` does:
     every task end still becomes one console line, and the log keeps every line intact."""
     from photogenic.pipelines.local import _Progress
