@@ -18,6 +18,7 @@ def train(
     base: str,
     base_version: str,
     judges: str,
+    replay: str,
     parent_run_id: str,
     model: Output[Model],
 ) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
@@ -32,6 +33,8 @@ def train(
         base: the model to start from ("" for none): the autoencoder, or the pretrained model.
         base_version: its fingerprint ("" for none).
         judges: the curation judge set for early stopping ("" for none).
+        replay: a dataset to rehearse, read only when the recipe's `replay_fraction` or
+            `guidance_preservation` is on ("" for none).
         parent_run_id: the MLflow parent run.
         model: the exported model's manifest (the weights stay in the store, in diffusers format).
 
@@ -41,7 +44,7 @@ def train(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
-    result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id)
+    result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id, replay)
     tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)
 
@@ -56,6 +59,7 @@ def launch_training(
     base: str,
     base_version: str,
     judges: str,
+    replay: str,
     parent_run_id: str,
     backend: str,
     nodes: int,
@@ -79,6 +83,7 @@ def launch_training(
         base: the model to start from ("" for none).
         base_version: its fingerprint ("" for none).
         judges: the curation judge set for early stopping ("" for none).
+        replay: a dataset to rehearse (see `train`; "" for none).
         parent_run_id: the MLflow parent run (rank 0 of the job logs under it).
         backend: `pytorchjob` or `trainjob`.
         nodes: number of nodes.
@@ -115,6 +120,7 @@ def launch_training(
         tolerations=tolerations,
         cache_pvc=cache_pvc,
         timeout_s=timeout_hours * 3600,
+        replay=replay,
     )
     tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)

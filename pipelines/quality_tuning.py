@@ -93,14 +93,23 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
             data = {"data_uri": clean.outputs["uri"], "data_version": clean.outputs["version"]}
 
             autoencoder = c.train(
-                **cfg, recipe="autoencoder", **data, base="", base_version="", judges="", parent_run_id=run_id
+                **cfg,
+                recipe="autoencoder",
+                **data,
+                base="",
+                base_version="",
+                judges="",
+                replay="",
+                parent_run_id=run_id,
             )
             autoencoder.set_display_name("autoencoder")
             on_gpu(network_retries(with_cluster_env(autoencoder)), gpus_per_node, gpu_node_selector, gpu_tolerations)
             base = {"base": autoencoder.outputs["uri"], "base_version": autoencoder.outputs["version"]}
 
             with dsl.If(pretrain_backend == "in-task", "pretrain-in-task"):
-                pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", parent_run_id=run_id)
+                pretrain_here = c.train(
+                    **cfg, recipe="pretrain", **data, **base, judges="", replay="", parent_run_id=run_id
+                )
                 pretrain_here.set_display_name("pretrain")
                 on_gpu(
                     network_retries(with_cluster_env(pretrain_here)), gpus_per_node, gpu_node_selector, gpu_tolerations
@@ -112,6 +121,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                     **data,
                     **base,
                     judges="",
+                    replay="",
                     parent_run_id=run_id,
                     backend=pretrain_backend,
                     nodes=pretrain_nodes,
@@ -162,6 +172,8 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 base=pretrained_uri,
                 base_version=pretrained_version,
                 judges=curation_judges.outputs["uri"],
+                # the haystack, for the recipe's optional rehearsal (off in the paper's recipe)
+                replay=clean.outputs["uri"],
                 parent_run_id=run_id,
             )
             tuned.set_display_name("quality-tune")

@@ -153,6 +153,12 @@ def test_pipeline_structure_retries_caching_gpus_and_the_exit_handler() -> None:
 
     images = {e["container"]["image"] for e in executors.values()}
     assert images == set(IMAGES.values())
+    # quality-tuning gets the validated haystack to rehearse (read only if its recipe says so); no other
+    # training task replays anything
+    replay = {name: task["inputs"]["parameters"]["replay"] for name, task in inner.items() if name.startswith("train")}
+    assert replay.pop("train-3") == {"taskOutputParameter": {"outputParameterKey": "uri", "producerTask": "validate"}}
+    assert inner["train-3"]["taskInfo"]["name"] == "quality-tune"
+    assert replay and all(v == {"runtimeValue": {"constant": ""}} for v in replay.values())
 
 
 # --------------------------------------------------------------------------------------------- layout

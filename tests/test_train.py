@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from photogenic.config import Config, ConfigError
+from photogenic.data.ingest import ingest
+from photogenic.data.validate import validate
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
 from photogenic.train.trainer import DiffusionTrainer, run_uri, train
@@ -42,6 +44,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ws = tmp_path_factory.mktemp("train-ws")
     data, ae = tiny_world_and_autoencoder(ws)
     return {"ws": ws, "data": data, "ae": ae}
+
+
+@pytest.fixture(scope="module")
+def replay_set(tiny: dict[str, Any]) -> str:
+    """Another validated tiny world (its own seed): a set to rehearse."""
+    other = _config(tiny["ws"], "world.seed=1")
+    return validate(ingest("world", other, progress=False).manifest_uri, other).manifest_uri
 
 
 def test_autoencoder_export_has_16_latent_channels_and_a_scaling_factor(tiny: dict[str, Any]) -> None:
@@ -247,9 +256,11 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
     """Tuning one recipe must not send the others to train again; what does change a result must."""
     recipes = ("autoencoder", "pretrain", "quality_tune")
 
-    def uris(*overrides: str) -> dict[str, str]:
+    def uris(*overrides: str, replay: str | None = None) -> dict[str, str]:
         config = tiny_config(tmp_path, *overrides)
-        return {r: run_uri(r, config, "s3://b/data.json", "s3://b/base", "s3://b/judges") for r in recipes}
+        return {
+            r: run_uri(r, config, "s3://b/data.json", "s3://b/base", "s3://b/judges", replay=replay) for r in recipes
+        }
 
     base = uris()
     qt_lr = uris("train.quality_tune.learning_rate=3e-4")
@@ -274,6 +285,13 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
         uris("evaluate.sampling_steps=3", "train.quality_tune.validate_every=0")["quality_tune"]
         == uris("train.quality_tune.validate_every=0")["quality_tune"]
     )
+    # rehearsal: off, a replay set changes nothing (the runs made before the setting existed stay valid);
+    # on, the fraction and the replay set are the quality-tuning run's inputs
+    assert uris(replay="s3://b/haystack.json") == base
+    replayed = uris("train.quality_tune.replay_fraction=0.25", replay="s3://b/haystack.json")
+    assert [replayed[r] == base[r] for r in recipes] == [True, True, False]
+    other_set = uris("train.quality_tune.replay_fraction=0.25", replay="s3://b/other.json")
+    assert other_set["quality_tune"] != replayed["quality_tune"]
 
 
 def test_unet_attention_heads_are_as_wide_as_configured(tmp_path: Path) -> None:
@@ -287,6 +305,133 @@ def test_unet_attention_heads_are_as_wide_as_configured(tmp_path: Path) -> None:
     assert len(layers) >= 4
     assert {a.inner_dim // a.heads for a in layers} == {model.attention_head_dim}
     assert {a.heads for a in layers} == {c // model.attention_head_dim for c in model.unet_channels}
+
+
+def test_replay_fraction_of_every_batch_comes_from_the_replay_set(
+    tiny: dict[str, Any], replay_set: str, tmp_path: Path
+) -> None:
+    """Rehearsal: a fixed share of each micro-batch is drawn from the replay set (its own captions and
+    latents, its own seeded order), the rest from the training set, and the run trains and exports."""
+    replay = replay_set
+    config = _config(tiny["ws"], "train.pretrain.replay_fraction=0.5")
+    trainer = DiffusionTrainer(
+        config=config,
+        data_uri=tiny["data"],
+        out=str(tmp_path / "run"),
+        base=tiny["ae"],
+        progress=False,
+        name="pretrain",
+        replay=replay,
+    )
+    result = trainer.train()
+    assert result.steps == config.train.pretrain.steps and Path(result.model_uri, "unet").is_dir()
+    own, rehearsed = trainer.data, trainer.replay_data
+    assert rehearsed is not None and rehearsed.keys != own.keys
+    assert len(trainer.latents) == len(trainer.captions) == len(own) + len(rehearsed)
+    assert trainer.captions[len(own) :] == rehearsed.captions
+    count = trainer.micro // 2
+    seen: set[int] = set()
+    for step in range(6):
+        idx = trainer.batch_indices(step, 0)
+        assert len(idx) == trainer.micro
+        assert torch.equal(idx, trainer.batch_indices(step, 0))  # a pure function of the step: resumable
+        assert (idx[:-count] < len(own)).all() and (idx[-count:] >= len(own)).all()
+        assert (idx < len(own) + len(rehearsed)).all()
+        seen.update((idx[-count:] - len(own)).tolist())
+    assert len(seen) == min(6 * count, len(rehearsed))  # an epoch-wise permutation: no sample twice
+    # the paper's recipe, replay off, draws its batches exactly as before the option existed
+    plain = DiffusionTrainer(
+        config=_config(tiny["ws"]), data_uri=tiny["data"], out="", base=tiny["ae"], name="pretrain"
+    )
+    plain.data, plain.micro, plain.dist, plain.replay_data, plain.replay_count = (
+        own,
+        trainer.micro,
+        trainer.dist,
+        None,
+        0,
+    )
+    assert torch.equal(plain.batch_indices(3, 0), own.indices(3, 0, trainer.micro, 1, config.train.seed))
+
+
+def test_guidance_preservation_holds_the_base_models_guidance(
+    tiny: dict[str, Any], replay_set: str, tmp_path: Path
+) -> None:
+    """The preservation term is zero while the denoiser is still the base model, positive once it has
+    moved, and the base copy it is compared with stays frozen."""
+    pretrained = train(
+        "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "pre"), base=tiny["ae"], progress=False
+    ).model_uri
+    config = _config(
+        tiny["ws"],
+        "train.quality_tune.guidance_preservation=1",
+        "train.quality_tune.validate_every=0",
+        "train.quality_tune.learning_rate=1e-2",
+    )
+
+    def quality_tuning() -> DiffusionTrainer:
+        return DiffusionTrainer(
+            config=config,
+            data_uri=tiny["data"],
+            out=str(tmp_path / "qt"),
+            base=pretrained,
+            progress=False,
+            name="quality_tune",
+            replay=replay_set,
+        )
+
+    def preservation_term(trainer: DiffusionTrainer) -> float:
+        batch = trainer.batch_indices(0, 0)
+        with torch.no_grad():
+            total = float(trainer.compute_loss(batch, 0, 0))
+            trainer.preserve_count, count = 0, trainer.preserve_count
+            denoising = float(trainer.compute_loss(batch, 0, 0))
+        trainer.preserve_count = count
+        return total - denoising
+
+    fresh = quality_tuning()
+    fresh.build()
+    assert fresh.preserve_count == 1 and fresh.teacher is not None
+    assert abs(preservation_term(fresh)) < 1e-6
+    trained = quality_tuning()
+    trained.train()
+    assert trained.teacher is not None
+    assert_same_weights(trained.teacher.state_dict(), unet_weights(pretrained), atol=0)
+    term = preservation_term(trained)
+    assert term > 1e-6
+    assert trained.step_metrics() == {"guidance_preservation_loss": pytest.approx(term, rel=1e-4)}  # logged
+    with pytest.raises(ConfigError, match="has no denoiser"):
+        config = _config(tiny["ws"], "train.pretrain.guidance_preservation=1")
+        train(
+            "pretrain",
+            config,
+            tiny["data"],
+            out=str(tmp_path / "p"),
+            base=tiny["ae"],
+            replay=replay_set,
+            progress=False,
+        )
+
+
+def test_replay_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path) -> None:
+    on = "train.pretrain.replay_fraction=0.5"
+    with pytest.raises(ConfigError, match=r"'train.pretrain.replay_fraction' \(0.5\) needs --replay-data"):
+        train(
+            "pretrain", _config(tiny["ws"], on), tiny["data"], out=str(tmp_path / "a"), base=tiny["ae"], progress=False
+        )
+    with pytest.raises(ConfigError, match="recipe autoencoder does not replay data"):
+        config = _config(tiny["ws"], "train.autoencoder.replay_fraction=0.5")
+        train("autoencoder", config, tiny["data"], out=str(tmp_path / "b"), replay=tiny["data"], progress=False)
+    with pytest.raises(ConfigError, match="must leave at least one sample to each side"):
+        config = _config(tiny["ws"], "train.pretrain.replay_fraction=0.99")
+        train(
+            "pretrain",
+            config,
+            tiny["data"],
+            out=str(tmp_path / "c"),
+            base=tiny["ae"],
+            replay=tiny["data"],
+            progress=False,
+        )
 
 
 def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -168,6 +168,22 @@ class RecipeConfig:
         ge=0,
     )
     patience: int = doc("Validations without improvement before training stops early.", 3, ge=1)
+    replay_fraction: float = doc(
+        "Share of each batch drawn from a replay dataset (`--replay-data`, the validated haystack) instead of "
+        "the training set: rehearsal, so that quality-tuning keeps concepts its few needles lack. Not in the "
+        "paper; 0 (off) is the paper's recipe.",
+        0.0,
+        ge=0,
+        lt=1,
+    )
+    guidance_preservation: float = doc(
+        "Weight of a loss that keeps the base model's guidance direction (its conditional minus its "
+        "unconditional prediction) for captions of the replay set (`--replay-data`; captions only, no "
+        "pixels), on the training set's noisy latents: what a caption asks for stays what the base model "
+        "learned, while the look changes. Costs about half a step more. Not in the paper; 0 (off).",
+        0.0,
+        ge=0,
+    )
 
 
 def _qt_recipe() -> RecipeConfig:

@@ -166,13 +166,23 @@ def train_model(
     base: str,
     judges: str,
     parent_run_id: str,
+    replay: str = "",
 ) -> dict[str, Any]:
     """One training recipe in this process (`autoencoder`, `pretrain`, `quality_tune`)."""
     from photogenic.train.trainer import train
 
     stage = f"train-{recipe.replace('_', '-')}"
     with Tracker(config).stage_run(stage, parent_run_id or None) as run:
-        result = train(recipe, config, data_uri, base=base or None, run=run, judges=judges or None, progress=False)
+        result = train(
+            recipe,
+            config,
+            data_uri,
+            base=base or None,
+            run=run,
+            judges=judges or None,
+            replay=replay or None,
+            progress=False,
+        )
     return plain(asdict(result))
 
 
@@ -196,6 +206,7 @@ def launch_training(
     cache_pvc: str = "",
     timeout_s: float = 7 * 24 * 3600,
     apis: tuple[Any, Any] | None = None,
+    replay: str = "",
 ) -> dict[str, Any]:
     """Run one recipe as a multi-node job on the training operator; wait; return the exported model.
 
@@ -213,11 +224,12 @@ def launch_training(
         node_selector, tolerations, cache_pvc: passed through to the job's pods.
         timeout_s: fail the task (and delete the job) after this long.
         apis: Kubernetes API clients (tests pass fakes).
+        replay: a dataset the recipe rehearses (`replay_fraction`, `guidance_preservation`); "" for none.
     """
     from photogenic.launcher import launch
     from photogenic.train.trainer import finished_model, run_uri
 
-    out = run_uri(recipe, config, data_uri, base or None, judges or None)
+    out = run_uri(recipe, config, data_uri, base or None, judges or None, replay=replay or None)
     steps = getattr(config.train, recipe).steps
     model_uri = out.rstrip("/") + "/model"
     done = finished_model(recipe, steps, model_uri, config)
@@ -226,7 +238,7 @@ def launch_training(
     job = training_job(
         recipe,
         out,
-        train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id),
+        train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id, replay),
         image=image,
         namespace=namespace or _pod_namespace(),
         nodes=nodes,
@@ -252,11 +264,13 @@ def train_args(
     base: str = "",
     judges: str = "",
     parent_run_id: str = "",
+    replay: str = "",
 ) -> list[str]:
     """The `photogenic train ...` arguments a training job's pods run (after `torchrun -m photogenic`)."""
     args = ["train", recipe.replace("_", "-"), "--data", data_uri, "--out", out, "--preset", preset]
     args += ["--base", base] if base else []
     args += ["--judges", judges] if judges else []
+    args += ["--replay-data", replay] if replay else []
     args += ["--parent-run-id", parent_run_id] if parent_run_id else []
     return args + list(overrides)
 

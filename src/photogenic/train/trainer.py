@@ -153,6 +153,7 @@ class Trainer:
         base: an exported model to start from (the autoencoder for pretraining, the pretrained
             model for quality-tuning).
         run: an optional tracking Run (side effects on rank 0 only).
+        replay: manifest of a dataset that supplies `recipe.replay_fraction` of every batch (rehearsal).
     """
 
     config: Config
@@ -163,6 +164,7 @@ class Trainer:
     progress: bool = True
     name: str = ""
     judges: str | None = None
+    replay: str | None = None
     dist: Dist = field(init=False)
     recipe: RecipeConfig = field(init=False)
 
@@ -170,6 +172,8 @@ class Trainer:
         self.recipe = getattr(self.config.train, self.name)
         self.workdir = Path(self.config.workspace, "cache").resolve()
         self.best: dict[str, Any] = {"score": None, "step": None, "bad": 0, "weights": None, "history": []}
+
+    supports_replay = False  # recipes whose batches may mix in a replay dataset
 
     # ------------------------------------------------------------------------------ recipe hooks
 
@@ -202,6 +206,10 @@ class Trainer:
     def load_best_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Make the kept best weights the ones `export` writes."""
         raise NotImplementedError
+
+    def step_metrics(self) -> dict[str, float]:
+        """Recipe-specific terms of the last step's loss, logged next to it."""
+        return {}
 
     def client_state(self) -> dict[str, Any]:
         return {}
@@ -238,6 +246,7 @@ class Trainer:
             self.config.storage,
             self.image_size,
         )
+        self.replay_data, self.replay_count = self._load_replay()
         self.prepare(self.data)
         self.engine, self.optimizer, self.scheduler = wrap(
             self.model, self.config.train, self.recipe, self.name, self.dist.world_size
@@ -250,14 +259,52 @@ class Trainer:
             signature=self.signature(),
         )
 
+    def _load_replay(self) -> tuple[RankData | None, int]:
+        """This rank's share of the replay dataset (when a setting uses it) and the samples each
+        micro-batch takes from it."""
+        uses = {k: getattr(self.recipe, k) for k in _REPLAY_SETTINGS if getattr(self.recipe, k)}
+        if not uses:
+            if self.replay:
+                log.info(
+                    "%s: replay data %s not used (no train.%s.%s)", self.name, self.replay, self.name, _REPLAY_SETTINGS
+                )
+            return None, 0
+        key, value = next(iter(uses.items()))
+        key = f"train.{self.name}.{key}"
+        if not self.supports_replay:
+            raise ConfigError(f"config key {key!r} ({value}): recipe {self.name} does not replay data; set it to 0")
+        if not self.replay:
+            raise ConfigError(f"config key {key!r} ({value}) needs --replay-data: the dataset to rehearse")
+        fraction = self.recipe.replay_fraction
+        count = round(self.micro * fraction)
+        if fraction and not 0 < count < self.micro:
+            raise ConfigError(
+                f"config key 'train.{self.name}.replay_fraction' ({fraction}) gives {count} of a micro-batch of "
+                f"{self.micro} samples to replay; it must leave at least one sample to each side"
+            )
+        data = load_rank_data(
+            self.replay,
+            self.dist.rank,
+            self.dist.world_size,
+            self.workdir / "shards",
+            self.config.storage,
+            self.image_size,
+        )
+        return data, count
+
+    def batch_indices(self, step: int, micro: int) -> torch.Tensor:
+        """Indices of one micro-batch: the training set's, then the replay set's, offset by the training
+        set's length (a recipe that replays indexes the two one after the other)."""
+        seed, accum = self.config.train.seed + self.dist.rank, self.recipe.grad_accum_steps
+        own = self.data.indices(step, micro, self.micro - self.replay_count, accum, seed)
+        if self.replay_data is None or not self.replay_count:
+            return own
+        replayed = self.replay_data.indices(step, micro, self.replay_count, accum, seed + _REPLAY_SEED)
+        return torch.cat([own, replayed + len(self.data)])
+
     def batch_generator(self, step: int) -> Any:
         for micro in range(self.recipe.grad_accum_steps):
-            yield (
-                micro,
-                self.data.indices(
-                    step, micro, self.micro, self.recipe.grad_accum_steps, self.config.train.seed + self.dist.rank
-                ),
-            )
+            yield micro, self.batch_indices(step, micro)
 
     def forward_backward_step(self, batch: Any, step: int, micro: int) -> float:
         loss = self.compute_loss(batch, step, micro)
@@ -329,6 +376,7 @@ class Trainer:
                         f"{self.name}.loss": loss,
                         f"{self.name}.lr": self.scheduler.get_last_lr()[0],
                         f"{self.name}.samples_per_s": window_steps * self.recipe.global_batch_size / max(elapsed, 1e-9),
+                        **{f"{self.name}.{k}": v for k, v in self.step_metrics().items()},
                     },
                     step=done,
                 )
@@ -490,8 +538,10 @@ class DiffusionTrainer(Trainer):
 
     The autoencoder and text encoder are frozen and live outside the DeepSpeed engine, so ZeRO-3
     never partitions them. Latents are computed once (the autoencoder's mean), and so are the states of
-    each distinct caption.
+    each distinct caption; a replay dataset's come after the training set's.
     """
+
+    supports_replay = True
 
     @staticmethod
     def model_settings(model: ModelConfig) -> dict[str, Any]:
@@ -545,24 +595,45 @@ class DiffusionTrainer(Trainer):
                 model_cls=UNet2DConditionModel,
                 model_config=self.model.config,
             )
-        self._cache_captions(data)
+        sets = [data] if self.replay_data is None else [data, self.replay_data]
+        self.captions = [c for d in sets for c in d.captions]
+        self._cache_captions(self.captions)
         factor = self.vae.config.scaling_factor
         chunks = []
-        for start in range(0, len(data), 256):
-            images = data.images[start : start + 256].float().div(127.5).sub(1.0).to(self.dist.device)
-            chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
+        for images_u8 in (d.images for d in sets):
+            for start in range(0, len(images_u8), 256):
+                images = images_u8[start : start + 256].float().div(127.5).sub(1.0).to(self.dist.device)
+                chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
         self.latents = torch.cat(chunks)
+        self.teacher = None
+        if self.recipe.guidance_preservation:  # the base U-Net, frozen, outside the engine
+            import copy
+
+            if not (self.base_dir / "unet").exists():
+                raise ConfigError(
+                    f"config key 'train.{self.name}.guidance_preservation' ({self.recipe.guidance_preservation}) "
+                    f"keeps the base model's guidance, and the base {self.base} has no denoiser; set it to 0"
+                )
+
+            self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.preserve_count = max(1, self.micro // 4) if self.teacher is not None else 0
+
+    def preservation_indices(self, step: int, micro: int) -> torch.Tensor:
+        """Replay-set captions whose guidance direction one micro-batch preserves (indices into `captions`)."""
+        seed, accum = self.config.train.seed + self.dist.rank + _PRESERVE_SEED, self.recipe.grad_accum_steps
+        assert self.replay_data is not None
+        return self.replay_data.indices(step, micro, self.preserve_count, accum, seed) + len(self.data)
 
     @torch.no_grad()
-    def _cache_captions(self, data: RankData) -> None:
+    def _cache_captions(self, captions: list[str]) -> None:
         """Encode each distinct caption once (the encoder is frozen): the world's 20,000 captions have
         about 3,000 distinct ones. Beyond `_CAPTION_CACHE_MAX` distinct captions, encode per step."""
-        unique = sorted(set(data.captions) | {""})
+        unique = sorted(set(captions) | {""})
         self.caption_states = None
         if len(unique) > _CAPTION_CACHE_MAX:
             return
         index = {c: i for i, c in enumerate(unique)}
-        self.caption_ids = torch.tensor([index[c] for c in data.captions])
+        self.caption_ids = torch.tensor([index[c] for c in captions])
         self.empty_caption = index[""]
         states = [self.text.encode(unique[i : i + 256], self.dist.device).cpu() for i in range(0, len(unique), 256)]
         self.caption_states = torch.cat(states)
@@ -571,7 +642,7 @@ class DiffusionTrainer(Trainer):
         if self.caption_states is not None:
             ids = torch.where(drop, self.empty_caption, self.caption_ids[batch])
             return self.caption_states[ids].to(self.dist.device)
-        captions = ["" if d else self.data.captions[i] for i, d in zip(batch.tolist(), drop.tolist(), strict=True)]
+        captions = ["" if d else self.captions[i] for i, d in zip(batch.tolist(), drop.tolist(), strict=True)]
         return self.text.encode(captions, self.dist.device)
 
     def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
@@ -592,7 +663,35 @@ class DiffusionTrainer(Trainer):
         else:
             target = noise
         dtype = next(self.engine.module.parameters()).dtype
-        pred = self.engine(noisy.to(dtype), t, encoder_hidden_states=context.to(dtype)).sample
+        n = self.preserve_count
+        if n:  # one forward: the batch, then n of its noisy latents under replayed captions and under none
+            captions = self.preservation_indices(step, micro)
+            kept = self._context(captions, torch.zeros(n, dtype=torch.bool))
+            empty = self._context(captions, torch.ones(n, dtype=torch.bool))
+            noisy_all = torch.cat([noisy, noisy[:n], noisy[:n]])
+            t_all = torch.cat([t, t[:n], t[:n]])
+            context = torch.cat([context, kept, empty])
+        else:
+            noisy_all, t_all = noisy, t
+        out = self.engine(noisy_all.to(dtype), t_all, encoder_hidden_states=context.to(dtype)).sample
+        pred = out[: len(batch)]
+        loss = self._denoising_loss(pred, target, t)
+        if not n:
+            return loss
+        student = out[len(batch) :].float()
+        with torch.no_grad():
+            teacher = self.teacher(
+                noisy_all[len(batch) :], t_all[len(batch) :], encoder_hidden_states=context[len(batch) :]
+            ).sample
+        preservation = F.mse_loss(student[:n] - student[n:], (teacher[:n] - teacher[n:]).float())
+        self.last_preservation = float(preservation.detach())
+        return loss + self.recipe.guidance_preservation * preservation
+
+    def step_metrics(self) -> dict[str, float]:
+        return {"guidance_preservation_loss": self.last_preservation} if self.preserve_count else {}
+
+    def _denoising_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """MSE to the target, min-SNR weighted with `snr_gamma`."""
         if not self.recipe.snr_gamma:
             return F.mse_loss(pred.float(), target.float())
         from diffusers.training_utils import compute_snr
@@ -699,6 +798,9 @@ class DiffusionTrainer(Trainer):
 
 
 _CAPTION_CACHE_MAX = 100_000
+_REPLAY_SEED = 7_919  # offsets the replay set's data-order seed from the training set's
+_PRESERVE_SEED = 104_729  # and the order of the captions whose guidance is preserved
+_REPLAY_SETTINGS = ("replay_fraction", "guidance_preservation")  # the recipe settings that read --replay-data
 
 
 def validation_prompts(seed: int, n: int = 16) -> list[str]:
@@ -722,6 +824,9 @@ RECIPES: dict[str, type[Trainer]] = {
 
 
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
+# Recipe settings added after runs were made, at their "off" value: left out of a run's identity, so that
+# the runs made before they existed (the same computation) stay reusable.
+_OFF_BY_DEFAULT = {"replay_fraction": 0.0, "guidance_preservation": 0.0}
 
 
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
@@ -729,7 +834,8 @@ def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
     recipe's section, not the other recipes' (tuning quality-tuning must not retrain the autoencoder)."""
     train = to_dict(config.train)
     shared = {k: v for k, v in train.items() if k not in RECIPES and k not in _RUN_NEUTRAL}
-    return {**shared, recipe: train[recipe]}
+    own = {k: v for k, v in train[recipe].items() if _OFF_BY_DEFAULT.get(k, object()) != v}
+    return {**shared, recipe: own}
 
 
 def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
@@ -739,8 +845,19 @@ def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
     return {"sampling": {"steps": config.evaluate.sampling_steps, "guidance": config.evaluate.guidance_scale}}
 
 
+def _replays(recipe: RecipeConfig) -> bool:
+    """Whether a recipe's settings read the replay dataset."""
+    return any(getattr(recipe, k) for k in _REPLAY_SETTINGS)
+
+
 def run_uri(
-    recipe: str, config: Config, data_uri: str, base: str | None, judges: str | None, out: str | None = None
+    recipe: str,
+    config: Config,
+    data_uri: str,
+    base: str | None,
+    judges: str | None,
+    out: str | None = None,
+    replay: str | None = None,
 ) -> str:
     """The run's URI (checkpoints/ and model/ below it): `out`, or by default
     `<store>/runs/<recipe>-<fingerprint of inputs and config>`, made absolute for other processes and pods."""
@@ -755,6 +872,7 @@ def run_uri(
                 "model": RECIPES[recipe].model_settings(config.model),
                 "train": _run_train_settings(recipe, config),
                 **({"judges": judges} if judges else {}),
+                **({"replay": replay} if replay and _replays(getattr(config.train, recipe)) else {}),
                 **_validation_settings(recipe, config),
             }
         )
@@ -771,6 +889,7 @@ def train(
     run: Any = None,
     progress: bool = True,
     judges: str | None = None,
+    replay: str | None = None,
 ) -> TrainResult:
     """Run one training recipe (the function behind `photogenic train RECIPE`).
 
@@ -782,13 +901,22 @@ def train(
         base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
         run: an optional tracking Run.
         judges: the curation judge set, for recipes that stop early on judged appeal (`validate_every`).
+        replay: a dataset to rehearse (`replay_fraction` of every batch), for quality-tuning.
 
     Returns:
         The exported model's URI and version, the steps, and whether it resumed.
     """
-    out = run_uri(recipe, config, data_uri, base, judges, out)
+    out = run_uri(recipe, config, data_uri, base, judges, out, replay)
     trainer = RECIPES[recipe](
-        config=config, data_uri=data_uri, out=out, base=base, run=run, progress=progress, name=recipe, judges=judges
+        config=config,
+        data_uri=data_uri,
+        out=out,
+        base=base,
+        run=run,
+        progress=progress,
+        name=recipe,
+        judges=judges,
+        replay=replay,
     )
     try:
         result = trainer.train()
