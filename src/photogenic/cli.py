@@ -283,7 +283,7 @@ def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_
     "--replay-data",
     "replay",
     default=None,
-    help="Dataset manifest to rehearse, `train.<recipe>.replay_fraction` of every batch (quality-tune).",
+    help="Dataset manifest that `train.<recipe>.replay_fraction` and `guidance_preservation` read (quality-tune).",
 )
 @_parent_option
 @config_options

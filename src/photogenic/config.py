@@ -180,7 +180,7 @@ class RecipeConfig:
         "Weight of a loss that keeps the base model's guidance direction (its conditional minus its "
         "unconditional prediction) for captions of the replay set (`--replay-data`; captions only, no "
         "pixels), on the training set's noisy latents: what a caption asks for stays what the base model "
-        "learned, while the look changes. Costs about half a step more. Not in the paper; 0 (off).",
+        "learned, while the look changes. Costs about a third more time per step. Not in the paper; 0 (off).",
         0.0,
         ge=0,
     )

@@ -153,7 +153,8 @@ class Trainer:
         base: an exported model to start from (the autoencoder for pretraining, the pretrained
             model for quality-tuning).
         run: an optional tracking Run (side effects on rank 0 only).
-        replay: manifest of a dataset that supplies `recipe.replay_fraction` of every batch (rehearsal).
+        replay: manifest of a dataset the recipe's `replay_fraction` (a share of every batch) and
+            `guidance_preservation` (its captions) read; unused when both are 0.
     """
 
     config: Config
@@ -238,14 +239,7 @@ class Trainer:
         self.micro = micro_batch_size(self.recipe, self.dist.world_size, self.name)
         self.image_size = self.config.world.image_size
         self.model = self.build_model().to(self.dist.device)  # may set the image size of a given model
-        self.data = load_rank_data(
-            self.data_uri,
-            self.dist.rank,
-            self.dist.world_size,
-            self.workdir / "shards",
-            self.config.storage,
-            self.image_size,
-        )
+        self.data = self._rank_data(self.data_uri)
         self.replay_data, self.replay_count = self._load_replay()
         self.prepare(self.data)
         self.engine, self.optimizer, self.scheduler = wrap(
@@ -262,7 +256,7 @@ class Trainer:
     def _load_replay(self) -> tuple[RankData | None, int]:
         """This rank's share of the replay dataset (when a setting uses it) and the samples each
         micro-batch takes from it."""
-        uses = {k: getattr(self.recipe, k) for k in _REPLAY_SETTINGS if getattr(self.recipe, k)}
+        uses = _replay_uses(self.recipe)
         if not uses:
             if self.replay:
                 log.info(
@@ -282,15 +276,13 @@ class Trainer:
                 f"config key 'train.{self.name}.replay_fraction' ({fraction}) gives {count} of a micro-batch of "
                 f"{self.micro} samples to replay; it must leave at least one sample to each side"
             )
-        data = load_rank_data(
-            self.replay,
-            self.dist.rank,
-            self.dist.world_size,
-            self.workdir / "shards",
-            self.config.storage,
-            self.image_size,
+        return self._rank_data(self.replay), count
+
+    def _rank_data(self, uri: str) -> RankData:
+        """This rank's share of a dataset, at the model's image size, through the local shard cache."""
+        return load_rank_data(
+            uri, self.dist.rank, self.dist.world_size, self.workdir / "shards", self.config.storage, self.image_size
         )
-        return data, count
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
         """Indices of one micro-batch: the training set's, then the replay set's, offset by the training
@@ -600,20 +592,20 @@ class DiffusionTrainer(Trainer):
         self._cache_captions(self.captions)
         factor = self.vae.config.scaling_factor
         chunks = []
-        for images_u8 in (d.images for d in sets):
+        # replay pixels only when batches rehearse them; guidance preservation reads the captions alone
+        for images_u8 in (d.images for d in (sets if self.replay_count else [data])):
             for start in range(0, len(images_u8), 256):
                 images = images_u8[start : start + 256].float().div(127.5).sub(1.0).to(self.dist.device)
                 chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
         self.latents = torch.cat(chunks)
         self.teacher = None
         if self.recipe.guidance_preservation:  # the base U-Net, frozen, outside the engine
-            import copy
-
             if not (self.base_dir / "unet").exists():
                 raise ConfigError(
                     f"config key 'train.{self.name}.guidance_preservation' ({self.recipe.guidance_preservation}) "
                     f"keeps the base model's guidance, and the base {self.base} has no denoiser; set it to 0"
                 )
+            import copy
 
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.preserve_count = max(1, self.micro // 4) if self.teacher is not None else 0
@@ -826,7 +818,7 @@ RECIPES: dict[str, type[Trainer]] = {
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
 # Recipe settings added after runs were made, at their "off" value: left out of a run's identity, so that
 # the runs made before they existed (the same computation) stay reusable.
-_OFF_BY_DEFAULT = {"replay_fraction": 0.0, "guidance_preservation": 0.0}
+_OFF_BY_DEFAULT = dict.fromkeys(_REPLAY_SETTINGS, 0.0)
 
 
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
@@ -845,9 +837,9 @@ def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
     return {"sampling": {"steps": config.evaluate.sampling_steps, "guidance": config.evaluate.guidance_scale}}
 
 
-def _replays(recipe: RecipeConfig) -> bool:
-    """Whether a recipe's settings read the replay dataset."""
-    return any(getattr(recipe, k) for k in _REPLAY_SETTINGS)
+def _replay_uses(recipe: RecipeConfig) -> dict[str, float]:
+    """The recipe's settings that are on and read the replay dataset, with their values."""
+    return {k: getattr(recipe, k) for k in _REPLAY_SETTINGS if getattr(recipe, k)}
 
 
 def run_uri(
@@ -872,7 +864,7 @@ def run_uri(
                 "model": RECIPES[recipe].model_settings(config.model),
                 "train": _run_train_settings(recipe, config),
                 **({"judges": judges} if judges else {}),
-                **({"replay": replay} if replay and _replays(getattr(config.train, recipe)) else {}),
+                **({"replay": replay} if replay and _replay_uses(getattr(config.train, recipe)) else {}),
                 **_validation_settings(recipe, config),
             }
         )
@@ -901,7 +893,7 @@ def train(
         base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
         run: an optional tracking Run.
         judges: the curation judge set, for recipes that stop early on judged appeal (`validate_every`).
-        replay: a dataset to rehearse (`replay_fraction` of every batch), for quality-tuning.
+        replay: a dataset for quality-tuning's `replay_fraction` and `guidance_preservation`.
 
     Returns:
         The exported model's URI and version, the steps, and whether it resumed.
