@@ -418,8 +418,18 @@ def tiny() -> Config:
 
 @preset
 def demo() -> Config:
-    """The default local run: the whole pipeline on 2 CPU cores in two to three hours."""
-    return Config(preset="demo")
+    """The default local run: the whole pipeline on 2 CPU cores in about two and a half hours.
+
+    Its latent is 16x16 with 4 channels (one halving of the 32 px image), not the product's default
+    eight-fold downsampling to 16 channels: both hold as many numbers, the 16x16x4 one reconstructs a
+    little better, and at this size its small denoiser learns shapes far sooner: shape accuracy 0.75
+    after 4,000 steps against 0.30-0.35 after 6,000 at 8x8x16, in the same 39 minutes (a step at 16x16
+    costs 1.5 times as much; bench/results/concept_accuracy.md)."""
+    return Config(
+        preset="demo",
+        model=ModelConfig(latent_channels=4, autoencoder_channels=(16, 32)),
+        train=TrainConfig(pretrain=dataclasses.replace(TrainConfig().pretrain, steps=4_000)),
+    )
 
 
 @preset
