@@ -234,8 +234,9 @@ class TrainConfig:
     )
     pretrain: RecipeConfig = doc(
         "Latent diffusion pretraining on the haystack (paper, 3.1: noise offset 0.02 in the last stage).",
-        # 1,500 steps rendered the prompted colour but rarely the shape (0.22 by the judges, chance 0.17);
-        # 6,000 reached 0.37 (bench/results/concept_accuracy.md).
+        # With the default 8x8x16 latent at 32 px, 1,500 steps rendered the prompted colour but rarely the
+        # shape (0.22 by the judges, chance 0.17); 6,000 reached 0.30-0.37. The demo preset's 16x16x4
+        # latent reaches 0.75 in 4,000 (bench/results/concept_accuracy.md).
         lambda: RecipeConfig(steps=6_000, noise_offset=0.02, snr_gamma=5.0, checkpoint_every=1_000, sample_every=1_500),
     )
     quality_tune: RecipeConfig = doc("Quality-tuning on the curated needles.", _qt_recipe)
@@ -418,13 +419,13 @@ def tiny() -> Config:
 
 @preset
 def demo() -> Config:
-    """The default local run: the whole pipeline on 2 CPU cores in about two and a half hours.
+    """The default local run: the whole pipeline on 2 idle CPU cores in about 70 minutes.
 
-    Its latent is 16x16 with 4 channels (one halving of the 32 px image), not the product's default
-    eight-fold downsampling to 16 channels: both hold as many numbers, the 16x16x4 one reconstructs a
-    little better, and at this size its small denoiser learns shapes far sooner: shape accuracy 0.75
-    after 4,000 steps against 0.30-0.35 after 6,000 at 8x8x16, in the same 39 minutes (a step at 16x16
-    costs 1.5 times as much; bench/results/concept_accuracy.md)."""
+    Its latent is 16x16 with 4 channels (one halving of the 32 px image), not the product's default of
+    16 channels at a quarter of the side (8x8 here): both hold as many numbers, the 16x16x4 one
+    reconstructs a little better, and at this size its small denoiser learns shapes far sooner: shape
+    accuracy 0.75 after 4,000 steps against 0.30-0.35 after 6,000 at 8x8x16, in the same 39 minutes
+    (a step at 16x16 costs 1.5 times as much; bench/results/concept_accuracy.md)."""
     return Config(
         preset="demo",
         model=ModelConfig(latent_channels=4, autoencoder_channels=(16, 32)),
