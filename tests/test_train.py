@@ -411,28 +411,15 @@ def test_replay_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path) ->
     with pytest.raises(ConfigError, match="recipe autoencoder does not replay data"):
         config = _config(tiny["ws"], "train.autoencoder.replay_fraction=0.5")
         train("autoencoder", config, tiny["data"], out=str(tmp_path / "b"), replay=tiny["data"], progress=False)
+
+    def pretrain_with_replay(override: str, out: str) -> None:
+        config, data = _config(tiny["ws"], override), tiny["data"]
+        train("pretrain", config, data, out=str(tmp_path / out), base=tiny["ae"], replay=data, progress=False)
+
     with pytest.raises(ConfigError, match="must leave at least one sample to each side"):
-        config = _config(tiny["ws"], "train.pretrain.replay_fraction=0.99")
-        train(
-            "pretrain",
-            config,
-            tiny["data"],
-            out=str(tmp_path / "c"),
-            base=tiny["ae"],
-            replay=tiny["data"],
-            progress=False,
-        )
+        pretrain_with_replay("train.pretrain.replay_fraction=0.99", "c")
     with pytest.raises(ConfigError, match="has no denoiser"):
-        config = _config(tiny["ws"], "train.pretrain.guidance_preservation=1")
-        train(
-            "pretrain",
-            config,
-            tiny["data"],
-            out=str(tmp_path / "d"),
-            base=tiny["ae"],
-            replay=tiny["data"],
-            progress=False,
-        )
+        pretrain_with_replay("train.pretrain.guidance_preservation=1", "d")
 
 
 def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -576,6 +576,11 @@ class DiffusionTrainer(Trainer):
 
     @torch.no_grad()
     def prepare(self, data: RankData) -> None:
+        if self.recipe.guidance_preservation and not (self.base_dir / "unet").exists():  # before encoding
+            raise ConfigError(
+                f"config key 'train.{self.name}.guidance_preservation' ({self.recipe.guidance_preservation}) "
+                f"keeps the base model's guidance, and the base {self.base} has no denoiser; set it to 0"
+            )
         self.ema = None
         if self.recipe.ema_decay > 0:  # on the model's device, in fp32, before DeepSpeed casts the model
             from diffusers import UNet2DConditionModel
@@ -600,11 +605,6 @@ class DiffusionTrainer(Trainer):
         self.latents = torch.cat(chunks)
         self.teacher = None
         if self.recipe.guidance_preservation:  # the base U-Net, frozen, outside the engine
-            if not (self.base_dir / "unet").exists():
-                raise ConfigError(
-                    f"config key 'train.{self.name}.guidance_preservation' ({self.recipe.guidance_preservation}) "
-                    f"keeps the base model's guidance, and the base {self.base} has no denoiser; set it to 0"
-                )
             import copy
 
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
