@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,12 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from photogenic.config import Config, ConfigError
+from photogenic.config import Config, ConfigError, load_config
 from photogenic.data.ingest import ingest
 from photogenic.data.validate import validate
+from photogenic.models import build_unet, latent_size
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
-from photogenic.train.trainer import DiffusionTrainer, run_uri, train
+from photogenic.train.trainer import DiffusionTrainer, freeze_matching, run_uri, train
 from tests.helpers import (
     assert_same_weights,
     child_env,
@@ -400,6 +402,55 @@ def test_guidance_preservation_holds_the_base_models_guidance(
     term = preservation_term(trained)
     assert term > 1e-6
     assert trained.step_metrics() == {"guidance_preservation_loss": pytest.approx(term, rel=1e-4)}  # logged
+
+
+def test_frozen_params_stay_bit_identical_and_the_rest_trains(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """Quality-tuning with the cross-attention's caption keys and values frozen: exactly those tensors
+    keep the base model's values (also in the EMA export), every other one moves."""
+    pretrained = train(
+        "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "pre"), base=tiny["ae"], progress=False
+    ).model_uri
+    frozen = r"attn2\.to_[kv]\."
+    config = _config(
+        tiny["ws"],
+        f"train.quality_tune.frozen_params={frozen}",
+        "train.quality_tune.validate_every=0",
+        "train.quality_tune.learning_rate=1e-2",
+    )
+    tuned = train("quality_tune", config, tiny["data"], out=str(tmp_path / "qt"), base=pretrained, progress=False)
+    before, after = unet_weights(pretrained), unet_weights(tuned.model_uri)
+    kept = {k for k in before if re.search(frozen, k)}
+    assert kept and all(k.endswith(("to_k.weight", "to_v.weight")) and ".attn2." in k for k in kept)
+    assert_same_weights({k: after[k] for k in kept}, {k: before[k] for k in kept}, atol=0)
+    moved = [k for k in before if k not in kept and not torch.equal(before[k], after[k])]
+    assert len(moved) == len(before) - len(kept)
+
+
+def test_quality_tuning_by_default_tunes_the_decoder_side_of_the_denoiser() -> None:
+    """The QT recipe's default `frozen_params` on the demo U-Net: the encoder half, the middle block, the
+    caption's ways in (cross-attention keys and values, the pooled-caption embedding) and the lowest
+    decoder level's attention stay frozen; the decoder's ResNets, upsamplers and output layers train."""
+    config = load_config("demo")
+    unet = build_unet(config.model, latent_size(config.model, config.world.image_size), 384)
+    frozen = set(freeze_matching(unet, config.train.quality_tune.frozen_params, "train.quality_tune.frozen_params"))
+    trained = [name for name, p in unet.named_parameters() if p.requires_grad]
+    assert trained and all(name not in frozen for name in trained)
+    assert all(name.startswith(("up_blocks.", "conv_norm_out.", "conv_out.")) for name in trained)
+    assert not any(".attn2.to_k." in name or ".attn2.to_v." in name for name in trained)
+    assert any(name.startswith("up_blocks.0.resnets.") for name in trained)
+    assert any(".attn2.to_q." in name for name in trained)  # the higher decoder levels' attention trains
+    assert not any(name.startswith("up_blocks.0.attentions.") for name in trained)
+    assert {name.split(".")[0] for name in frozen} >= {"conv_in", "time_embedding", "add_embedding", "down_blocks"}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "error"),
+    [("nothing_is_called_this", "matches none of"), (".", "matches all of"), ("attn2[", "is not a regular expression")],
+)
+def test_frozen_params_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path, pattern: str, error: str) -> None:
+    config = _config(tiny["ws"], f"train.pretrain.frozen_params={pattern}")
+    with pytest.raises(ConfigError, match=rf"'train.pretrain.frozen_params' \('.*'\) {error}"):
+        train("pretrain", config, tiny["data"], out=str(tmp_path / "x"), base=tiny["ae"], progress=False)
 
 
 def test_replay_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ resumed from a checkpoint takes exactly the path an uninterrupted run would have
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ __all__ = [
     "train",
     "run_uri",
     "finished_model",
+    "freeze_matching",
     "load_model_dir",
     "load_model_pipeline",
 ]
@@ -239,6 +241,7 @@ class Trainer:
         self.micro = micro_batch_size(self.recipe, self.dist.world_size, self.name)
         self.image_size = self.config.world.image_size
         self.model = self.build_model().to(self.dist.device)  # may set the image size of a given model
+        freeze_matching(self.model, self.recipe.frozen_params, f"train.{self.name}.frozen_params")
         self.data = self._rank_data(self.data_uri)
         self.replay_data, self.replay_count = self._load_replay()
         self.prepare(self.data)
@@ -461,6 +464,31 @@ def finished_model(recipe: str, steps: int, model_uri: str, config: Config) -> T
         0.0,
         reused=True,
     )
+
+
+def freeze_matching(model: torch.nn.Module, pattern: str, key: str) -> list[str]:
+    """Freeze the parameters whose names `pattern` matches (re.search); return their names. The optimizer
+    then never sees them, and the EMA copies them unchanged. A pattern that matches none or all of them
+    is a mistake, named by its config `key`."""
+    if not pattern:
+        return []
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"config key {key!r} ({pattern!r}) is not a regular expression: {exc}") from exc
+    names = [name for name, _ in model.named_parameters()]
+    frozen = [name for name in names if regex.search(name)]
+    if not frozen or len(frozen) == len(names):
+        what = "none" if not frozen else "all"
+        raise ConfigError(
+            f"config key {key!r} ({pattern!r}) matches {what} of the model's {len(names)} parameters "
+            f"(e.g. {names[0]!r}); it must leave some to train and freeze some"
+        )
+    params = dict(model.named_parameters())
+    for name in frozen:
+        params[name].requires_grad_(False)
+    log.info("frozen: %d of %d parameter tensors match %r", len(frozen), len(names), pattern)
+    return frozen
 
 
 def _progress(total: int, start: int, desc: str, enabled: bool) -> Any:
@@ -818,7 +846,7 @@ RECIPES: dict[str, type[Trainer]] = {
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
 # Recipe settings added after runs were made, at their "off" value: left out of a run's identity, so that
 # the runs made before they existed (the same computation) stay reusable.
-_OFF_BY_DEFAULT = dict.fromkeys(_REPLAY_SETTINGS, 0.0)
+_OFF_BY_DEFAULT: dict[str, Any] = {**dict.fromkeys(_REPLAY_SETTINGS, 0.0), "frozen_params": ""}
 
 
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
