@@ -55,6 +55,14 @@ def replay_set(tiny: dict[str, Any]) -> str:
     return validate(ingest("world", other, progress=False).manifest_uri, other).manifest_uri
 
 
+@pytest.fixture(scope="module")
+def pretrained(tiny: dict[str, Any]) -> str:
+    """A 2-step pretrained model on the tiny world, read (never trained further in place) by the tests
+    that quality-tune or draw from it."""
+    out = str(tiny["ws"] / "pretrained")
+    return train("pretrain", _config(tiny["ws"]), tiny["data"], out=out, base=tiny["ae"], progress=False).model_uri
+
+
 def test_autoencoder_export_has_16_latent_channels_and_a_scaling_factor(tiny: dict[str, Any]) -> None:
     from diffusers import AutoencoderKL
 
@@ -356,13 +364,10 @@ def test_replay_fraction_of_every_batch_comes_from_the_replay_set(
 
 
 def test_guidance_preservation_holds_the_base_models_guidance(
-    tiny: dict[str, Any], replay_set: str, tmp_path: Path
+    tiny: dict[str, Any], replay_set: str, pretrained: str, tmp_path: Path
 ) -> None:
     """The preservation term is zero while the denoiser is still the base model, positive once it has
     moved, and the base copy it is compared with stays frozen."""
-    pretrained = train(
-        "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "pre"), base=tiny["ae"], progress=False
-    ).model_uri
     config = _config(
         tiny["ws"],
         "train.quality_tune.guidance_preservation=1",
@@ -404,12 +409,11 @@ def test_guidance_preservation_holds_the_base_models_guidance(
     assert trained.step_metrics() == {"guidance_preservation_loss": pytest.approx(term, rel=1e-4)}  # logged
 
 
-def test_frozen_params_stay_bit_identical_and_the_rest_trains(tiny: dict[str, Any], tmp_path: Path) -> None:
+def test_frozen_params_stay_bit_identical_and_the_rest_trains(
+    tiny: dict[str, Any], pretrained: str, tmp_path: Path
+) -> None:
     """Quality-tuning with the cross-attention's caption keys and values frozen: exactly those tensors
     keep the base model's values (also in the EMA export), every other one moves."""
-    pretrained = train(
-        "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "pre"), base=tiny["ae"], progress=False
-    ).model_uri
     frozen = r"attn2\.to_[kv]\."
     config = _config(
         tiny["ws"],
@@ -503,12 +507,9 @@ def test_cli_bad_model_uris_are_one_clear_line(tiny: dict[str, Any], tmp_path: P
     assert base.returncode == 1 and "no Photogenic model at" in base.stderr and "Traceback" not in base.stderr
 
 
-def test_generate_writes_a_grid(tiny: dict[str, Any], tmp_path: Path) -> None:
+def test_generate_writes_a_grid(tiny: dict[str, Any], pretrained: str, tmp_path: Path) -> None:
     from PIL import Image
 
-    model = train(
-        "pretrain", _config(tiny["ws"]), tiny["data"], out=str(tmp_path / "run"), base=tiny["ae"], progress=False
-    )
     out = tmp_path / "grid.png"
     env = child_env(tiny["ws"])
     done = subprocess.run(
@@ -516,7 +517,7 @@ def test_generate_writes_a_grid(tiny: dict[str, Any], tmp_path: Path) -> None:
             PHOTOGENIC,
             "generate",
             "--model",
-            model.model_uri,
+            pretrained,
             "--prompt",
             "a red circle on a sky background",
             "--prompt",

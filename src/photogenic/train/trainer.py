@@ -476,18 +476,17 @@ def freeze_matching(model: torch.nn.Module, pattern: str, key: str) -> list[str]
         regex = re.compile(pattern)
     except re.error as exc:
         raise ConfigError(f"config key {key!r} ({pattern!r}) is not a regular expression: {exc}") from exc
-    names = [name for name, _ in model.named_parameters()]
-    frozen = [name for name in names if regex.search(name)]
-    if not frozen or len(frozen) == len(names):
+    params = dict(model.named_parameters())
+    frozen = [name for name in params if regex.search(name)]
+    if not frozen or len(frozen) == len(params):
         what = "none" if not frozen else "all"
         raise ConfigError(
-            f"config key {key!r} ({pattern!r}) matches {what} of the model's {len(names)} parameters "
-            f"(e.g. {names[0]!r}); it must leave some to train and freeze some"
+            f"config key {key!r} ({pattern!r}) matches {what} of the model's {len(params)} parameters "
+            f"(e.g. {next(iter(params))!r}); it must leave some to train and freeze some"
         )
-    params = dict(model.named_parameters())
     for name in frozen:
         params[name].requires_grad_(False)
-    log.info("frozen: %d of %d parameter tensors match %r", len(frozen), len(names), pattern)
+    log.info("frozen: %d of %d parameter tensors match %r", len(frozen), len(params), pattern)
     return frozen
 
 
