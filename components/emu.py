@@ -43,9 +43,11 @@ def curate(
     approved: str,
     parent_run_id: str,
     dataset: Output[Dataset],
+    rehearsal_set: Output[Dataset],
     funnel: Output[HTML],
-) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
-    """The curation funnel: automatic filters, generalist and specialist review, the QT dataset.
+) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("rehearsal", str), ("result", dict)]):
+    """The curation funnel: automatic filters, generalist and specialist review, the QT dataset, and the
+    rehearsal set (what the automatic filters kept) that quality-tuning mixes into its batches.
 
     Args:
         preset: the config preset.
@@ -57,18 +59,21 @@ def curate(
         approved: with `curate.review=import`, the URI of the reviewers' JSON of approved keys ("" for none).
         parent_run_id: the MLflow parent run.
         dataset: the QT dataset's manifest.
+        rehearsal_set: the rehearsal set's manifest.
         funnel: the funnel report (counts after every filter and round, rejected samples by reason).
 
     Returns:
-        uri: the QT dataset's manifest URI; version: its fingerprint; result: the funnel.
+        uri: the QT dataset's manifest URI; version: its fingerprint; rehearsal: the rehearsal set's
+        manifest URI; result: the funnel.
     """
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
     result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id, approved)
     tasks.publish_artifact(dataset, result["manifest_uri"], config)
+    tasks.publish_artifact(rehearsal_set, result["rehearsal_uri"], config)
     tasks.copy_report(result["report_uri"], funnel, config)
-    return (result["manifest_uri"], result["fingerprint"], result)
+    return (result["manifest_uri"], result["fingerprint"], result["rehearsal_uri"], result)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)

@@ -172,8 +172,8 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 base=pretrained_uri,
                 base_version=pretrained_version,
                 judges=curation_judges.outputs["uri"],
-                # the haystack, for the recipe's optional rehearsal (off in the paper's recipe)
-                replay=clean.outputs["uri"],
+                # what the automatic filters kept, rehearsed in a share of every batch (not in the paper)
+                replay=curated.outputs["rehearsal"],
                 parent_run_id=run_id,
             )
             tuned.set_display_name("quality-tune")

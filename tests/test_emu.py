@@ -109,7 +109,17 @@ def test_the_funnel_accounts_for_every_sample(emu: dict[str, Any]) -> None:
 
     captions = [s["txt"].decode() for s in iter_dataset(manifest)]
     assert all(c.endswith(" background") and "star" not in c for c in captions)
-    assert curate(emu["data"], emu["judges"]["curation"].uri, config).reused
+    # the rehearsal set: every sample the automatic stage kept, held-out concepts too, with its web caption
+    rehearsal = read_manifest(result.rehearsal_uri)
+    assert manifest.meta["rehearsal"] == result.rehearsal_uri
+    web = {s["__key__"]: s["txt"].decode() for s in iter_dataset(source)}
+    rehearsed = {s["__key__"]: s["txt"].decode() for s in iter_dataset(rehearsal)}
+    assert len(rehearsed) == rehearsal.counts["samples"] == dict(result.funnel)["balance"] > counts[-1]
+    assert all(web[k] == c for k, c in rehearsed.items())
+    assert {s["__key__"] for s in iter_dataset(manifest)} < set(rehearsed)
+    assert any("star" in c for c in rehearsed.values())
+    again = curate(emu["data"], emu["judges"]["curation"].uri, config)
+    assert again.reused and again.rehearsal_uri == result.rehearsal_uri
 
 
 def _with_shuffled_oracle(data_uri: str, seed: int) -> str:
@@ -211,6 +221,19 @@ def test_quality_tuning_changes_only_the_denoiser_and_stops_early(emu: dict[str,
     history = meta["early_stopping"]["history"]
     assert [step for step, _ in history] == [1, 2] or len(history) == 1 + config.train.quality_tune.patience
     assert meta["early_stopping"]["best_score"] == max(score for _, score in history)
+
+
+def test_quality_tuning_rehearses_the_rehearsal_set_curated_beside_its_data(
+    emu: dict[str, Any], tmp_path: Path
+) -> None:
+    """With `replay_fraction` on and no --replay-data, quality-tuning rehearses the curated set's own
+    rehearsal set; a training set without one is a clear error."""
+    config = _config(emu["ws"], "train.quality_tune.replay_fraction=0.25", "train.quality_tune.validate_every=0")
+    curated = curate(emu["data"], emu["judges"]["curation"].uri, _config(emu["ws"]))
+    result = train("quality_tune", config, curated.manifest_uri, base=emu["pretrained"], progress=False)
+    assert read_manifest(join_uri(result.model_uri, "manifest.json")).meta["replay_uri"] == curated.rehearsal_uri
+    with pytest.raises(ConfigError, match=r"replay_fraction' \(0.25\) needs --replay-data.*no rehearsal set"):
+        train("quality_tune", config, emu["data"], base=emu["pretrained"], out=str(tmp_path / "r"), progress=False)
 
 
 def test_quality_tuning_with_validation_needs_judges(emu: dict[str, Any], tmp_path: Path) -> None:

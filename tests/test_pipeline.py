@@ -32,7 +32,16 @@ def _children(summary: dict) -> tuple:
 @pytest.mark.slow
 def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> None:
     # 300 samples: two chunks of the source, so ingestion runs as two partitions.
-    args = ["run", "--preset", "tiny", "-w", str(tmp_path), "world.num_samples=300"]
+    # Rehearsal on (the tiny preset's recipe has it off): quality-tuning reads curation's rehearsal set.
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "-w",
+        str(tmp_path),
+        "world.num_samples=300",
+        "train.quality_tune.replay_fraction=0.25",
+    ]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     # One progress line per task, the exit handler last.
@@ -49,6 +58,8 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
     assert st["ingest"]["counts"]["input"] == 300
     assert st["curate"]["funnel"][0][1] == st["validate"]["counts"]["clean"]
     assert st["pretrain"]["steps"] == 2 and Path(st["quality_tune"]["model_uri"], "manifest.json").exists()
+    qt_meta = json.loads(Path(st["quality_tune"]["model_uri"], "manifest.json").read_text())["meta"]
+    assert qt_meta["replay_uri"] == st["curate"]["rehearsal_uri"] != ""
     assert Path(st["evaluate"]["report_uri"]).exists() and Path(summary["log_path"]).exists()
 
     client, children = _children(summary)
@@ -153,10 +164,10 @@ def test_pipeline_structure_retries_caching_gpus_and_the_exit_handler() -> None:
 
     images = {e["container"]["image"] for e in executors.values()}
     assert images == set(IMAGES.values())
-    # quality-tuning gets the validated haystack to rehearse (read only if its recipe says so); no other
-    # training task replays anything
+    # quality-tuning gets curation's rehearsal set to rehearse; no other training task replays anything
     replay = {name: task["inputs"]["parameters"]["replay"] for name, task in inner.items() if name.startswith("train")}
-    assert replay.pop("train-3") == {"taskOutputParameter": {"outputParameterKey": "uri", "producerTask": "validate"}}
+    rehearsal = {"taskOutputParameter": {"outputParameterKey": "rehearsal", "producerTask": "curate"}}
+    assert replay.pop("train-3") == rehearsal
     assert inner["train-3"]["taskInfo"]["name"] == "quality-tune"
     assert replay and all(v == {"runtimeValue": {"constant": ""}} for v in replay.values())
 

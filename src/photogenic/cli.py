@@ -283,7 +283,8 @@ def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_
     "--replay-data",
     "replay",
     default=None,
-    help="Dataset manifest that `train.<recipe>.replay_fraction` and `guidance_preservation` read (quality-tune).",
+    help="Dataset manifest that `train.<recipe>.replay_fraction` and `guidance_preservation` read (quality-tune; "
+    "default: the rehearsal set curated beside --data).",
 )
 @_parent_option
 @config_options

@@ -12,6 +12,12 @@
 
 Nothing is lost: every input sample is either in the QT set or in `rejected.jsonl` with the stage that
 dropped it and all of its reasons, and the funnel's counts add up.
+
+Besides the QT set, curation publishes a *rehearsal set*: every sample the automatic filters and concept
+balancing kept, before review and hold-out, with its web caption (the paper's 200M images of billions,
+here about one in fifteen). Quality-tuning rehearses a small share of it in every batch
+(`train.quality_tune.replay_fraction`), so that concepts the few needles lack, held-out ones included,
+are still seen, and seen in a look the automatic filters already vouch for.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ __all__ = ["CurateResult", "ReviewNeeded", "curate", "parse_caption", "pixel_fea
 
 log = logging.getLogger(__name__)
 
-_CURATE_VERSION = 1
+_CURATE_VERSION = 2  # 2: also publishes the rehearsal set
 FILTERS = ("size", "text_overlay", "noise", "sharpness", "exposure", "aesthetic", "caption_agreement")
 _WORDS = {k: {w: re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in v} for k, v in CONCEPTS.items()}
 
@@ -83,6 +89,7 @@ class CurateResult:
     report_uri: str
     seconds: float
     reused: bool = False
+    rehearsal_uri: str = ""  # the rehearsal set's manifest: the automatic stage's survivors, web captions
 
     @property
     def counts(self) -> dict[str, int]:
@@ -372,6 +379,7 @@ def curate(
             store.uri("report.html"),
             0.0,
             True,
+            previous.meta["rehearsal"],
         )
         _log(run, result, config)
         return result
@@ -394,6 +402,7 @@ def curate(
     if batch:
         candidates += _score(batch, judge, size)
     funnel = automatic_stage(candidates, config)
+    filtered = [c for c in candidates if c.rejected_by is None]  # the rehearsal set, before any review
 
     if cfg.review == "export":
         pool = sorted((c for c in candidates if c.rejected_by is None), key=lambda c: -c.features["aesthetic"])
@@ -418,36 +427,70 @@ def curate(
         raise ConfigError(
             f"curation kept no sample of {len(candidates)}: funnel {funnel}; loosen the curate thresholds"
         )
-    manifest = _publish(store, source, kept, candidates, funnel, request, config)
-    publish(manifest, manifest_uri, config.storage)
+    rehearsal_store = open_store(join_uri(out, "rehearsal"), config.storage)
+    manifest, rehearsal = _publish(store, rehearsal_store, source, kept, filtered, candidates, funnel, request, config)
+    rehearsal_uri = rehearsal_store.uri("manifest.json")
+    publish(rehearsal, rehearsal_uri, config.storage)
+    manifest.meta["rehearsal"] = rehearsal_uri
+    publish(manifest, manifest_uri, config.storage)  # last: it marks the request done
     result = CurateResult(
-        manifest_uri, manifest.fingerprint, funnel, store.uri("report.html"), time.perf_counter() - t0
+        manifest_uri,
+        manifest.fingerprint,
+        funnel,
+        store.uri("report.html"),
+        time.perf_counter() - t0,
+        rehearsal_uri=rehearsal_uri,
     )
+    log.info("curate: rehearsal set of %d samples: %s", len(filtered), rehearsal_uri)
     log.info("curate: %s in %.0fs", " -> ".join(f"{n} {k}" for n, k in funnel), result.seconds)
     _log(run, result, config)
     return result
 
 
+def _curated_sample(sample: dict[str, Any], c: Candidate, caption: str) -> dict[str, Any]:
+    meta = json.loads(sample.get("json", b"{}") or b"{}")
+    meta.update(web_caption=c.caption, curation={**c.features, **c.rating})
+    members = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
+    members.update(txt=caption, json=meta)
+    return members
+
+
 def _publish(
     store: Any,
+    rehearsal_store: Any,
     source: Manifest,
     kept: list[Candidate],
+    filtered: list[Candidate],
     candidates: list[Candidate],
     funnel: list[tuple[str, int]],
     request: str,
     config: Config,
-) -> Manifest:
+) -> tuple[Manifest, Manifest]:
+    """Write the QT set (reviewed captions) and the rehearsal set (web captions) in one pass over the
+    source; returns their manifests."""
     chosen = {c.key: c for c in kept}
-    with ShardSink(store, "shards", config.data.shard_max_samples, config.data.shard_max_bytes, name="qt") as sink:
+    rehearsed = {c.key: c for c in filtered}
+    limits = (config.data.shard_max_samples, config.data.shard_max_bytes)
+    with (
+        ShardSink(store, "shards", *limits, name="qt") as sink,
+        ShardSink(rehearsal_store, "shards", *limits, name="rehearsal") as rehearsal_sink,
+    ):
         for sample in iter_dataset(source, config.storage):
-            c = chosen.get(sample["__key__"])
-            if c is None:
-                continue
-            meta = json.loads(sample.get("json", b"{}") or b"{}")
-            meta.update(web_caption=c.caption, curation={**c.features, **c.rating})
-            members = {k: v for k, v in sample.items() if not k.startswith("__") or k == "__key__"}
-            members.update(txt=c.qt_caption or c.caption, json=meta)
-            sink.write(members)
+            key = sample["__key__"]
+            if key in chosen:
+                c = chosen[key]
+                sink.write(_curated_sample(sample, c, c.qt_caption or c.caption))
+            if key in rehearsed:
+                rehearsal_sink.write(_curated_sample(sample, rehearsed[key], rehearsed[key].caption))
+    rehearsal = _shard_manifest(
+        rehearsal_store,
+        rehearsal_sink,
+        [],
+        {"input": len(candidates), "samples": len(filtered)},
+        {"stage": "curate", "role": "rehearsal", "request": request, "funnel": funnel[: len(FILTERS) + 2]},
+        source,
+        config,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         rejected = Path(tmp, "rejected.jsonl")
         with rejected.open("w") as f:
@@ -469,23 +512,38 @@ def _publish(
         )
         Path(tmp, "report.html").write_text(contact_sheet_html("Quality-tuning set", kept, note, funnel))
         side = [ObjectRef.of(store.put_file(n, Path(tmp, n))) for n in ("rejected.jsonl", "funnel.json", "report.html")]
-    refs = [s.ref for s in sink.shards] + side
     counts = {"input": len(candidates), "samples": len(kept), "rejected": len(candidates) - len(kept)}
-    data_refs = tuple(r for r in refs if r.key != "report.html")
+    meta = {
+        "stage": "curate",
+        "request": request,
+        "funnel": funnel,
+        "sidecars": {"rejected": "rejected.jsonl", "funnel": "funnel.json", "report": "report.html"},
+    }
+    return _shard_manifest(store, sink, side, counts, meta, source, config), rehearsal
+
+
+def _shard_manifest(
+    store: Any,
+    sink: ShardSink,
+    side: list[ObjectRef],
+    counts: dict[str, int],
+    meta: dict[str, Any],
+    source: Manifest,
+    config: Config,
+) -> Manifest:
+    """A dataset manifest of a sink's shards and side files (the report is not part of the content)."""
+    refs = [s.ref for s in sink.shards] + side
     return Manifest(
         kind="dataset",
         root=store.root,
         objects=refs,
-        fingerprint=content_fingerprint("dataset", data_refs),
+        fingerprint=content_fingerprint("dataset", tuple(r for r in refs if r.key != "report.html")),
         counts=counts,
         config=to_dict(config),
         meta={
-            "stage": "curate",
-            "request": request,
+            **meta,
             "input": {"fingerprint": source.fingerprint, "counts": dict(source.counts)},
-            "funnel": funnel,
             "shards": [{"key": s.ref.key, "samples": s.samples} for s in sink.shards],
-            "sidecars": {"rejected": "rejected.jsonl", "funnel": "funnel.json", "report": "report.html"},
         },
     )
 
@@ -495,7 +553,14 @@ def _log(run: Any, result: CurateResult, config: Config | None = None) -> None:
         return
     run.log_metrics({f"funnel/{i:02d}_{name}": count for i, (name, count) in enumerate(result.funnel)})
     run.log_metrics({"curate/kept": result.funnel[-1][1], "curate/seconds": result.seconds})
-    run.set_tags({"photogenic.dataset.qt": result.fingerprint, "photogenic.dataset.qt_uri": result.manifest_uri})
+    run.set_tags(
+        {
+            "photogenic.dataset.qt": result.fingerprint,
+            "photogenic.dataset.qt_uri": result.manifest_uri,
+            "photogenic.dataset.rehearsal_uri": result.rehearsal_uri,
+        }
+    )
+    run.log_metrics({"curate/rehearsal": result.funnel[len(FILTERS) + 1][1]})
     manifest = read_manifest(result.manifest_uri, config.storage if config else None)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("funnel.json", "report.html"):

@@ -271,7 +271,10 @@ class Trainer:
         if not self.supports_replay:
             raise ConfigError(f"config key {key!r} ({value}): recipe {self.name} does not replay data; set it to 0")
         if not self.replay:
-            raise ConfigError(f"config key {key!r} ({value}) needs --replay-data: the dataset to rehearse")
+            raise ConfigError(
+                f"config key {key!r} ({value}) needs --replay-data, the dataset to rehearse: {self.data_uri} has no "
+                f"rehearsal set beside it (`photogenic curate` publishes one); or set it to 0"
+            )
         fraction = self.recipe.replay_fraction
         count = round(self.micro * fraction)
         if fraction and not 0 < count < self.micro:
@@ -415,6 +418,8 @@ class Trainer:
                     "base": self.base,
                     "final_loss": loss,
                 }
+                if self.replay_data is not None:
+                    meta["replay_uri"] = self.replay
                 if self.best["score"] is not None:
                     meta["early_stopping"] = {
                         "best_step": self.best["step"],
@@ -869,6 +874,19 @@ def _replay_uses(recipe: RecipeConfig) -> dict[str, float]:
     return {k: getattr(recipe, k) for k in _REPLAY_SETTINGS if getattr(recipe, k)}
 
 
+def default_replay(recipe: str, config: Config, data_uri: str, replay: str | None) -> str | None:
+    """The replay dataset a run reads: `replay` when given; else, for a recipe setting that reads one,
+    the rehearsal set that curation published beside the training set (its manifest's `rehearsal`)."""
+    if replay or recipe not in RECIPES or not RECIPES[recipe].supports_replay:
+        return replay
+    if not _replay_uses(getattr(config.train, recipe)):
+        return replay
+    rehearsal = read_manifest(data_uri, config.storage).meta.get("rehearsal")
+    if rehearsal:
+        log.info("%s: rehearsing %s, the rehearsal set curated beside %s", recipe, rehearsal, data_uri)
+    return rehearsal or None
+
+
 def run_uri(
     recipe: str,
     config: Config,
@@ -920,11 +938,13 @@ def train(
         base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
         run: an optional tracking Run.
         judges: the curation judge set, for recipes that stop early on judged appeal (`validate_every`).
-        replay: a dataset for quality-tuning's `replay_fraction` and `guidance_preservation`.
+        replay: a dataset for quality-tuning's `replay_fraction` and `guidance_preservation`; by default
+            the rehearsal set curated beside `data_uri`, when it has one.
 
     Returns:
         The exported model's URI and version, the steps, and whether it resumed.
     """
+    replay = default_replay(recipe, config, data_uri, replay)
     out = run_uri(recipe, config, data_uri, base, judges, out, replay)
     trainer = RECIPES[recipe](
         config=config,
