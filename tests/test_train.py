@@ -24,7 +24,7 @@ from photogenic.data.validate import validate
 from photogenic.models import build_unet, latent_size
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
-from photogenic.train.trainer import DiffusionTrainer, freeze_matching, run_uri, train
+from photogenic.train.trainer import DiffusionTrainer, freeze_matching, replay_counts, run_uri, train
 from tests.helpers import (
     assert_same_weights,
     child_env,
@@ -455,6 +455,13 @@ def test_frozen_params_errors_name_the_setting(tiny: dict[str, Any], tmp_path: P
     config = _config(tiny["ws"], f"train.pretrain.frozen_params={pattern}")
     with pytest.raises(ConfigError, match=rf"'train.pretrain.frozen_params' \('.*'\) {error}"):
         train("pretrain", config, tiny["data"], out=str(tmp_path / "x"), base=tiny["ae"], progress=False)
+
+
+def test_replay_counts_spread_the_batch_share_over_the_ranks() -> None:
+    assert replay_counts(64, 1, 0.05) == [3] and replay_counts(64, 1, 0.1) == [6]
+    spread = replay_counts(8, 8, 0.05)  # a batch of 64 on 8 ranks: 3 rehearsed samples in all
+    assert sum(spread) == 3 and set(spread) == {0, 1}
+    assert replay_counts(4, 2, 0.25) == [1, 1] and replay_counts(4, 1, 0.0) == [0]
 
 
 def test_replay_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path) -> None:

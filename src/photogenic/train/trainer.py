@@ -35,6 +35,8 @@ __all__ = [
     "run_uri",
     "finished_model",
     "freeze_matching",
+    "replay_counts",
+    "default_replay",
     "load_model_dir",
     "load_model_pipeline",
 ]
@@ -276,13 +278,14 @@ class Trainer:
                 f"rehearsal set beside it (`photogenic curate` publishes one); or set it to 0"
             )
         fraction = self.recipe.replay_fraction
-        count = round(self.micro * fraction)
-        if fraction and not 0 < count < self.micro:
+        counts = replay_counts(self.micro, self.dist.world_size, fraction)
+        if fraction and not (sum(counts) > 0 and max(counts) < self.micro):
             raise ConfigError(
-                f"config key 'train.{self.name}.replay_fraction' ({fraction}) gives {count} of a micro-batch of "
-                f"{self.micro} samples to replay; it must leave at least one sample to each side"
+                f"config key 'train.{self.name}.replay_fraction' ({fraction}) gives {sum(counts)} of the "
+                f"{self.micro * self.dist.world_size} samples of a step's micro-batches to replay, at most "
+                f"{max(counts)} of a rank's {self.micro}; it must leave at least one sample to each side"
             )
-        return self._rank_data(self.replay), count
+        return self._rank_data(self.replay), counts[self.dist.rank]
 
     def _rank_data(self, uri: str) -> RankData:
         """This rank's share of a dataset, at the model's image size, through the local shard cache."""
@@ -872,6 +875,14 @@ def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
 def _replay_uses(recipe: RecipeConfig) -> dict[str, float]:
     """The recipe's settings that are on and read the replay dataset, with their values."""
     return {k: getattr(recipe, k) for k in _REPLAY_SETTINGS if getattr(recipe, k)}
+
+
+def replay_counts(micro: int, world_size: int, fraction: float) -> list[int]:
+    """Replayed samples in each rank's micro-batch: `fraction` of all ranks' micro-batches together,
+    rounded, spread over the ranks as evenly as it goes (so that 8 ranks with micro-batches of 8 still
+    rehearse 5% of the batch of 64: 3 samples, on 3 of the ranks)."""
+    total = round(micro * world_size * fraction)
+    return [total * (r + 1) // world_size - total * r // world_size for r in range(world_size)]
 
 
 def default_replay(recipe: str, config: Config, data_uri: str, replay: str | None) -> str | None:
