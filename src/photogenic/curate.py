@@ -482,12 +482,13 @@ def _publish(
                 sink.write(_curated_sample(sample, c, c.qt_caption or c.caption))
             if key in rehearsed:
                 rehearsal_sink.write(_curated_sample(sample, rehearsed[key], rehearsed[key].caption))
+    automatic = funnel[: len(FILTERS) + 2]  # input, the filters, balancing
     rehearsal = _shard_manifest(
         rehearsal_store,
         rehearsal_sink,
         [],
         {"input": len(candidates), "samples": len(filtered)},
-        {"stage": "curate", "role": "rehearsal", "request": request, "funnel": funnel[: len(FILTERS) + 2]},
+        {"stage": "curate", "role": "rehearsal", "request": request, "funnel": automatic},
         source,
         config,
     )
@@ -560,7 +561,7 @@ def _log(run: Any, result: CurateResult, config: Config | None = None) -> None:
             "photogenic.dataset.rehearsal_uri": result.rehearsal_uri,
         }
     )
-    run.log_metrics({"curate/rehearsal": result.funnel[len(FILTERS) + 1][1]})
+    run.log_metrics({"curate/rehearsal": dict(result.funnel)["balance"]})
     manifest = read_manifest(result.manifest_uri, config.storage if config else None)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("funnel.json", "report.html"):
