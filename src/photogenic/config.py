@@ -211,8 +211,8 @@ def _qt_recipe() -> RecipeConfig:
     # Not the paper's: only the decoder side of the denoiser trains (`DECODER_SIDE`), and a share of every
     # batch rehearses what the automatic filters kept. Tuning the whole U-Net on the QT set's five shapes
     # overwrote the held-out sixth (held-out faithfulness 4% wins, 43% losses on 8 seeds per prompt);
-    # the decoder side alone kept more of it (19% / 26%), with rehearsal it keeps it (see
-    # bench/results/quality_tune.md, "Rehearsing what the automatic filters kept").
+    # the decoder side alone kept more of it (19% / 26%); with rehearsal it keeps it (24% / 18%), with one
+    # training seed of two (bench/results/quality_tune.md, "Rehearsing what the automatic filters kept").
     return RecipeConfig(
         steps=1_200,
         global_batch_size=64,
