@@ -405,7 +405,7 @@ def curate(
     filtered = [c for c in candidates if c.rejected_by is None]  # the rehearsal set, before any review
 
     if cfg.review == "export":
-        pool = sorted((c for c in candidates if c.rejected_by is None), key=lambda c: -c.features["aesthetic"])
+        pool = sorted(filtered, key=lambda c: -c.features["aesthetic"])
         rows = [{"key": c.key, "caption": c.caption, **c.features} for c in pool]
         store.put_bytes("candidates.json", json.dumps({"candidates": rows}, indent=1).encode())
         note = (
