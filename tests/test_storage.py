@@ -199,8 +199,13 @@ def test_local_store_hides_sidecars_and_temporaries(tmp_path: Path) -> None:
 def test_uri_parsing() -> None:
     assert split_uri("s3://bucket/a/b") == ("s3", "bucket/a/b")
     assert split_uri("file:///tmp/x") == ("file", "/tmp/x")
-    with pytest.raises(StoreError, match="unsupported scheme"):
+    with pytest.raises(StoreError, match="scheme 'gs' is not supported"):
         split_uri("gs://bucket/x")
+    with pytest.raises(StoreError, match="malformed S3 URI"):
+        split_uri("s3:/bucket/x")  # never a local folder named `s3:`
+    with pytest.raises(StoreError, match="<redacted> cannot be used") as refused:
+        split_uri("https://user:hunter22@minio:9000/bucket")
+    assert "hunter22" not in str(refused.value)
     with pytest.raises(StoreError, match="no bucket"):
         split_uri("s3:///x")
     assert split_parent("s3://bucket/a/x.tar") == ("s3://bucket/a", "x.tar")

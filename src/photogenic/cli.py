@@ -58,15 +58,28 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+_DEBUG = {"on": False}  # set by `photogenic --debug`
+
+
 def _friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Known errors print one clear line and exit 1 instead of a traceback."""
+    """Errors print one clear line and exit 1 instead of a traceback (`photogenic --debug` shows it)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (ConfigError, StoreError, ManifestError, RankLostError) as exc:
+            if _DEBUG["on"]:
+                raise
             raise click.ClickException(str(exc)) from exc
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            if _DEBUG["on"]:
+                raise
+            raise click.ClickException(
+                f"{type(exc).__name__}: {exc} (an unexpected error: run `photogenic --debug ...` for the traceback)"
+            ) from exc
 
     return wrapper
 
@@ -94,13 +107,15 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Debug logging, and a traceback with every error.")
+def main(verbose: bool, debug: bool) -> None:
     """Photogenic: quality-tuning for text-to-image models (Emu's recipe) as a Kubeflow pipeline.
 
     Every command takes the same config: a --preset, a --config YAML file and `dotted.key=value`
     overrides, in that order of precedence.
     """
-    setup_logging(logging.DEBUG if verbose else logging.INFO)
+    _DEBUG["on"] = debug
+    setup_logging(logging.DEBUG if verbose or debug else logging.INFO)
 
 
 # --------------------------------------------------------------------------------------------- config

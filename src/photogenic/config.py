@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -95,7 +96,16 @@ class DataConfig:
     min_image_side: int = doc("Smallest acceptable image side in pixels.", 16, ge=1)
     max_aspect_ratio: float = doc("Largest acceptable ratio of the longer to the shorter image side.", 3.0, ge=1)
     max_failed_fraction: float = doc(
-        "Validation fails the stage when more than this fraction of samples is quarantined.", 0.05, ge=0, le=1
+        "Validation fails the stage when more than this fraction of everything that entered ingestion "
+        "was set aside (quarantined at ingestion or at validation).",
+        0.05,
+        ge=0,
+        le=1,
+    )
+    max_image_bytes: int = doc(
+        "Largest image file ingestion reads; a larger one is quarantined unread (its size is checked first).",
+        64 * 2**20,
+        ge=1,
     )
 
     def __post_init__(self) -> None:
@@ -366,6 +376,47 @@ class StorageConfig:
         "S3 addressing style; 'path' works with in-cluster servers (SeaweedFS, MinIO) and AWS alike.", "path"
     )
 
+    def __post_init__(self) -> None:
+        problem = check_store_uri(self.root) if self.root else ""
+        if problem:  # `s3:/bucket` or `s3://` would otherwise become a local folder named `s3:`
+            raise ConfigError(f"config key 'storage.root' ({shown_uri(self.root)}) cannot be used: {problem}")
+
+
+# A scheme-like head (`s3:`, `gs:`, `file:`): a path that starts so is a URI, well-formed or not.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# S3 bucket naming rules (3-63 characters: lower-case letters, digits, dots, hyphens; starts and ends alnum).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def shown_uri(uri: str) -> str:
+    """A URI for an error message: quoted, or redacted where it carries a credential (`https://u:p@host`)."""
+    from photogenic.redact import REDACTED, looks_secret_value
+
+    return REDACTED if looks_secret_value(uri) else repr(uri)
+
+
+def check_store_uri(uri: str) -> str:
+    """Why `uri` is not a usable store URI (a plain path, `file:///path` or `s3://bucket[/prefix]`), or ''."""
+    if not uri.strip():
+        return "it is empty"
+    if uri.startswith("s3://"):
+        bucket = uri[len("s3://") :].split("/", 1)[0]
+        if not bucket:
+            return "it has no bucket: expected s3://bucket[/prefix]"
+        if not _BUCKET.match(bucket) or ".." in bucket:
+            return f"{bucket!r} is not a valid S3 bucket name (3-63 lower-case letters, digits, dots, hyphens)"
+        return ""
+    if uri.startswith("file://"):
+        return "" if uri[len("file://") :].startswith("/") else "a file:// URI needs an absolute path: file:///path"
+    if _SCHEME.match(uri):
+        scheme = uri.split(":", 1)[0]
+        if scheme.lower() == "s3":
+            return "it is a malformed S3 URI: expected s3://bucket[/prefix]"
+        return f"scheme {scheme!r} is not supported: use a local path or s3://bucket/prefix"
+    if "\x00" in uri:
+        return "it contains a NUL character"
+    return ""
+
 
 @dataclass(frozen=True)
 class TrackingConfig:
@@ -401,7 +452,15 @@ class Config:
     def store_root(self) -> str:
         """The store URI stage outputs go under: `storage.root`, else $PHOTOGENIC_STORE_ROOT (a cluster's
         ConfigMap sets it), else `<workspace>/store`."""
-        return self.storage.root or os.environ.get("PHOTOGENIC_STORE_ROOT") or str(Path(self.workspace, "store"))
+        if self.storage.root:
+            return self.storage.root
+        env = os.environ.get("PHOTOGENIC_STORE_ROOT", "")
+        problem = check_store_uri(env) if env else ""
+        if problem:
+            raise ConfigError(
+                f"environment variable PHOTOGENIC_STORE_ROOT ({shown_uri(env)}) cannot be used: {problem}"
+            )
+        return env or str(Path(self.workspace, "store"))
 
 
 # ---------------------------------------------------------------------------------------------

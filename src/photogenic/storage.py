@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
 import shutil
+import stat as stat_mod
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from photogenic.config import StorageConfig
+from photogenic.config import StorageConfig, check_store_uri, shown_uri
 
 __all__ = [
     "Store",
@@ -32,6 +34,8 @@ __all__ = [
     "AccessDeniedError",
     "ObjectNotFoundError",
     "ChecksumMismatchError",
+    "ObjectTooLargeError",
+    "NotARegularFileError",
 ]
 
 SHA256_META = "sha256"  # S3 user metadata key (x-amz-meta-sha256)
@@ -64,6 +68,14 @@ class ChecksumMismatchError(StoreError):
     """An object's bytes do not match its recorded or expected sha256."""
 
 
+class ObjectTooLargeError(StoreError):
+    """An object is larger than the caller allows; none of its bytes were kept."""
+
+
+class NotARegularFileError(StoreError):
+    """A local path is a symbolic link, a device, a FIFO, a socket or a folder: it is never read as data."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """One stored object."""
@@ -72,19 +84,23 @@ class ObjectInfo:
     uri: str
     size: int
     sha256: str | None  # as recorded at write time; None for objects written by other tools
+    etag: str | None = None  # S3's entity tag from a listing (changes whenever the content does)
+    kind: str = "file"  # `scan()` also reports "symlink" and "special" (device, FIFO, socket) entries
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """`s3://bucket/a/b` -> (`s3`, `bucket/a/b`); a local path -> (`file`, absolute path)."""
+    """`s3://bucket/a/b` -> (`s3`, `bucket/a/b`); a local path -> (`file`, absolute path).
+
+    Raises:
+        StoreError: a malformed URI (`s3:/x`, `s3://`, an unknown scheme), never taken as a local path.
+    """
+    problem = check_store_uri(uri)
+    if problem:
+        raise StoreError(f"store URI {shown_uri(uri)} cannot be used: {problem}")
     if uri.startswith("s3://"):
-        rest = uri[len("s3://") :]
-        if not rest or rest.startswith("/"):
-            raise StoreError(f"store URI {uri!r} has no bucket: expected s3://bucket[/prefix]")
-        return "s3", rest
+        return "s3", uri[len("s3://") :]
     if uri.startswith("file://"):
         return "file", str(Path(uri[len("file://") :]).resolve())
-    if "://" in uri:
-        raise StoreError(f"store URI {uri!r} has an unsupported scheme: use a local path or s3://bucket/prefix")
     return "file", str(Path(uri).expanduser().resolve())
 
 
@@ -186,6 +202,20 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Delete one object (no error if it is absent)."""
 
+    @abstractmethod
+    def read_capped(self, key: str, max_bytes: int) -> bytes:
+        """Read one object that a user's table names, never more than `max_bytes`.
+
+        Raises:
+            ObjectNotFoundError, ObjectTooLargeError (checked before any byte is read);
+            NotARegularFileError (local: the key or a folder on its way is a symbolic link, or it is not
+            a regular file; nothing is opened).
+        """
+
+    def scan(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Like `list`, with the S3 ETag, and (local) symbolic links and special files as entries of their own kind."""
+        return self.list(prefix)
+
     def exists(self, key: str) -> bool:
         try:
             self.stat(key)
@@ -276,10 +306,17 @@ class LocalStore(Store):
         return self._write(key, write)
 
     def _recorded(self, path: Path) -> str | None:
+        # A sidecar holds 64 hex digits; never follow a link or read more, whatever the folder holds.
         try:
-            return self._sidecar(path).read_text().strip() or None
-        except FileNotFoundError:
+            fd = os.open(self._sidecar(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
             return None
+        try:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            return os.read(fd, 128).decode("ascii", errors="replace").strip() or None
+        finally:
+            os.close(fd)
 
     def stat(self, key: str) -> ObjectInfo:
         path = self._file(key)
@@ -298,6 +335,78 @@ class LocalStore(Store):
         recorded = self._recorded(path)
         _check_expected_against_recorded(str(path), recorded, sha256)
         return io.BufferedReader(_VerifyingReader(raw, str(path), sha256 or recorded), _CHUNK)
+
+    def read_capped(self, key: str, max_bytes: int) -> bytes:
+        parts = self._file(key).relative_to(self.path).parts
+        fd = self._walk_to_parent(key, parts)
+        try:
+            kind = _entry_kind(os.stat(parts[-1], dir_fd=fd, follow_symlinks=False))
+            if kind:
+                raise NotARegularFileError(f"{self.uri(key)} is {kind}; only regular files are read")
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            try:
+                file_fd = os.open(parts[-1], flags, dir_fd=fd)
+            except OSError as exc:
+                raise _open_error(exc, self.uri(key)) from None
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no object at {self.uri(key)}") from None
+        finally:
+            os.close(fd)
+        with os.fdopen(file_fd, "rb", buffering=0) as f:
+            info = os.fstat(f.fileno())
+            kind = _entry_kind(info)  # swapped between the look and the open
+            if kind:
+                raise NotARegularFileError(f"{self.uri(key)} is {kind}; only regular files are read")
+            if info.st_size > max_bytes:
+                raise ObjectTooLargeError(f"{self.uri(key)} is {info.st_size} bytes, above the limit of {max_bytes}")
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:  # it grew while being read
+            raise ObjectTooLargeError(f"{self.uri(key)} is more than {max_bytes} bytes, above the limit")
+        return data
+
+    def _walk_to_parent(self, key: str, parts: tuple[str, ...]) -> int:
+        """A descriptor of the key's folder, reached one folder at a time without following any link."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, part in enumerate(parts[:-1]):
+                try:
+                    next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except OSError as exc:
+                    folder = "/".join(parts[: i + 1])
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        what = "a symbolic link" if os.path.islink(self.path / folder) else "not a folder"
+                        raise NotARegularFileError(
+                            f"{self.uri(folder)} (on the way to {key}) is {what}; links are never followed"
+                        ) from None
+                    raise
+                os.close(fd)
+                fd = next_fd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def scan(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every visible entry under the root, without following links: regular files, links, special files."""
+        if not self.path.is_dir():
+            return
+        found: list[tuple[str, os.stat_result]] = []
+        for dirpath, dirnames, filenames in os.walk(self.path):  # never descends into linked folders
+            links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in links]
+            for name in [*filenames, *links]:
+                if name.startswith("."):
+                    continue
+                key = Path(dirpath, name).relative_to(self.path).as_posix()
+                if key.startswith(prefix):
+                    try:
+                        found.append((key, os.lstat(Path(dirpath, name))))
+                    except FileNotFoundError:  # deleted while scanning
+                        continue
+        for key, info in sorted(found):
+            mode = info.st_mode
+            kind = "symlink" if stat_mod.S_ISLNK(mode) else "file" if stat_mod.S_ISREG(mode) else "special"
+            yield ObjectInfo(key=key, uri=self.uri(key), size=info.st_size, sha256=None, kind=kind)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.path.is_dir():
@@ -321,6 +430,30 @@ class LocalStore(Store):
         path = self._file(key)
         path.unlink(missing_ok=True)
         self._sidecar(path).unlink(missing_ok=True)
+
+
+def _entry_kind(info: os.stat_result) -> str:
+    """'' for a regular file, else what the entry is, in words."""
+    mode = info.st_mode
+    if stat_mod.S_ISREG(mode):
+        return ""
+    if stat_mod.S_ISLNK(mode):
+        return "a symbolic link (links are never followed)"
+    if stat_mod.S_ISDIR(mode):
+        return "a folder"
+    if stat_mod.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat_mod.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def _open_error(exc: OSError, uri: str) -> StoreError | OSError:
+    if exc.errno == errno.ELOOP:
+        return NotARegularFileError(f"{uri} is a symbolic link (links are never followed)")
+    if exc.errno == errno.ENOENT:
+        return ObjectNotFoundError(f"no object at {uri}")
+    return exc
 
 
 def _check_expected_against_recorded(uri: str, recorded: str | None, expected: str | None) -> None:
@@ -409,6 +542,7 @@ class S3Store(Store):
             uri=self.uri(key),
             size=int(head["ContentLength"]),
             sha256=head.get("Metadata", {}).get(SHA256_META),
+            etag=str(head.get("ETag", "")).strip('"') or None,
         )
 
     def open(self, key: str, sha256: str | None = None) -> BinaryIO:
@@ -419,6 +553,19 @@ class S3Store(Store):
         _check_expected_against_recorded(self.uri(key), recorded, sha256)
         reader = _VerifyingReader(_S3Body(self, key, body), self.uri(key), sha256 or recorded, close=body.close)
         return io.BufferedReader(reader, _CHUNK)
+
+    def read_capped(self, key: str, max_bytes: int) -> bytes:
+        with self._errors(key, "read"):
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        body = obj["Body"]
+        size = int(obj.get("ContentLength", 0))
+        if size > max_bytes:
+            body.close()  # not one byte of the body is read
+            raise ObjectTooLargeError(f"{self.uri(key)} is {size} bytes, above the limit of {max_bytes}")
+        recorded = obj.get("Metadata", {}).get(SHA256_META)
+        reader = _VerifyingReader(_S3Body(self, key, body), self.uri(key), recorded, close=body.close)
+        with io.BufferedReader(reader) as f:
+            return f.read()
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self._key(prefix) if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
@@ -431,7 +578,8 @@ class S3Store(Store):
                 for item in page.get("Contents", []):
                     key = item["Key"][strip:]
                     # List results carry no user metadata; the checksum is read (and verified) on open.
-                    yield ObjectInfo(key=key, uri=self.uri(key), size=int(item["Size"]), sha256=None)
+                    etag = str(item.get("ETag", "")).strip('"') or None
+                    yield ObjectInfo(key=key, uri=self.uri(key), size=int(item["Size"]), sha256=None, etag=etag)
 
     def delete(self, key: str) -> None:
         with self._errors(key, "delete"):

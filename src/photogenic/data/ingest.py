@@ -6,8 +6,11 @@ import functools
 import io
 import json
 import logging
+import os
 import re
-import tempfile
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -19,8 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from photogenic.config import Config, fingerprint, to_dict
-from photogenic.data.shards import ShardSink
-from photogenic.data.sources import Chunk, RawRecord, Source, load_chunk, make_source
+from photogenic.data.shards import ShardSink, scratch_dir
+from photogenic.data.sources import Chunk, RawRecord, Source, SourceError, load_chunk, make_source
 from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, publish, reusable
 from photogenic.storage import Store, join_uri, open_store
 
@@ -32,13 +35,15 @@ __all__ = [
     "inspect_image",
     "NearDuplicateIndex",
     "tar_key",
+    "EmptyDatasetError",
+    "decoder_message",
 ]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-_INGEST_VERSION = 1  # bump when the shard layout changes, so old outputs are not reused
+_INGEST_VERSION = 2  # bump when the shard layout changes, so old outputs are not reused
 _EXT_OF_FORMAT = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tif"}
 
 
@@ -90,8 +95,17 @@ def inspect_image(data: bytes | None) -> tuple[dict[str, Any], int | None]:
             info.update(decodable=True, format=im.format or "", width=im.width, height=im.height)
             rgb = im.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the input
-        return {**info, "decodable": False, "decode_error": f"{type(exc).__name__}: {exc}"}, None
+        return {**info, "decodable": False, "decode_error": decoder_message(exc)}, None
     return info, _channel_phash(rgb)
+
+
+_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
+def decoder_message(exc: BaseException) -> str:
+    """A decoder's error as deterministic text: `repr`s of objects lose their memory address, so the
+    same bad input gives the same reason, the same dataset version and the same report on every run."""
+    return _ADDRESS.sub(r"<\1>", f"{type(exc).__name__}: {exc}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -195,7 +209,8 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
         yield from map(fn, items)
         return
     window = window or 4 * workers  # enough queued work to ride out a stall in the consumer
-    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+    pool_args = {"mp_context": get_context("fork"), "initializer": _die_with_parent, "initargs": (os.getpid(),)}
+    with ProcessPoolExecutor(workers, **pool_args) as pool:
         pending: deque[Future[R]] = deque()
         for item in items:
             pending.append(pool.submit(fn, item))
@@ -203,6 +218,29 @@ def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, window: 
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make a pool worker end with the process that started it, even one killed with SIGKILL.
+
+    A killed parent runs no clean-up, and its workers would wait on their task queue forever, holding
+    memory. Linux delivers SIGKILL to the worker when its parent dies (PR_SET_PDEATHSIG); elsewhere a
+    thread watches the parent's pid.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="photogenic-parent-watch").start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 @dataclass
@@ -238,6 +276,7 @@ class _Ingestor:
     )
     bytes_in: int = 0
     partitioned: bool = False
+    first_reasons: list[str] = field(default_factory=list)  # for the error when nothing is left
 
     def __post_init__(self) -> None:
         data = self.config.data
@@ -250,7 +289,7 @@ class _Ingestor:
         self.oracle = _JsonLines("oracle.jsonl", self.tmp / "oracle.jsonl")
         # A partition also lists each kept sample's hashes and shard, for the cross-partition merge.
         self.index = _JsonLines("index.jsonl", self.tmp / "index.jsonl") if self.partitioned else None
-        self.keys: dict[str, str] = {}  # tar key -> source ref of its first owner
+        self.keys: dict[str, tuple[str, str]] = {}  # tar key -> (key, source ref) of its first owner
         self.exact: dict[str, str] = {}  # sha256 -> key
         self.near = NearDuplicateIndex(data.near_duplicate_distance) if data.near_duplicate_distance >= 0 else None
 
@@ -263,9 +302,9 @@ class _Ingestor:
         if not key:
             return self._quarantine(record.source_ref, record, item.meta, ["the sample has no key"])
         if key in self.keys:
-            reason = f"duplicate key {record.key!r}: first seen at {self.keys[key]}"
+            reason = _key_clash(record.key, key, *self.keys[key])
             return self._quarantine(f"{key}__dup{self.counts['input']}", record, item.meta, [reason])
-        self.keys[key] = record.source_ref
+        self.keys[key] = (record.key, record.source_ref)
         if item.info.get("decodable") and self._is_duplicate(key, item):
             return
         self.samples.write(
@@ -280,6 +319,7 @@ class _Ingestor:
             self.index.write(
                 {
                     "key": key,
+                    "source_key": record.key,
                     "sha256": item.info.get("sha256"),
                     "phash": phash,
                     "shard": shard,
@@ -331,6 +371,8 @@ class _Ingestor:
             sample["txt"] = record.caption
         self.quarantine.write(sample)
         self.reasons.write({"key": record.key, "source_ref": record.source_ref, "reasons": reasons, "stage": "ingest"})
+        if len(self.first_reasons) < 3:
+            self.first_reasons.append(f"{record.key}: {'; '.join(reasons)}")
         self.counts["quarantined"] += 1
 
     def finish(self, source: Source, request: str) -> Manifest:
@@ -360,6 +402,16 @@ class _Ingestor:
                 "sidecars": sidecars,
             },
         )
+
+
+def _key_clash(key: str, tar: str, first_key: str, first_ref: str) -> str:
+    """Why a sample's key cannot be used: the same key again, or another key with the same tar name."""
+    if key == first_key:
+        return f"duplicate key {key!r}: first seen at {first_ref}"
+    return (
+        f"key {key!r} and key {first_key!r} (first seen at {first_ref}) both become the tar key {tar!r} "
+        "(characters other than letters, digits, '_' and '-' become '_')"
+    )
 
 
 def _source_ext(name: str) -> str:
@@ -405,7 +457,7 @@ class PartitionSource(Source):
 
 def dataset_uri(source: str | Source, config: Config, partitions: int = 1) -> str:
     """Where ingesting `source` publishes by default: `<store>/datasets/ingest-<request fingerprint>`."""
-    src = source if isinstance(source, Source) else make_source(source, config.world, config.storage)
+    src = source if isinstance(source, Source) else make_source(source, config)
     request = request_fingerprint(src, config, partitions)
     return open_store(join_uri(config.store_root(), "datasets", f"ingest-{request[:16]}"), config.storage).root
 
@@ -423,7 +475,7 @@ def partition_plan(source: str, config: Config, partitions: int) -> list[dict[st
     """
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    src = make_source(source, config.world, config.storage)
+    src = make_source(source, config)
     n = max(1, min(partitions, sum(1 for _ in src.chunks())))
     root = dataset_uri(src, config, n)
     return [{"index": i, "count": n, "out": join_uri(root, "parts", f"{i:04d}-of-{n:04d}")} for i in range(n)]
@@ -455,7 +507,7 @@ def ingest(
         input = samples + duplicates + quarantined.
     """
     started = time.perf_counter()
-    src = source if isinstance(source, Source) else make_source(source, config.world, config.storage)
+    src = source if isinstance(source, Source) else make_source(source, config)
     if partition is not None:
         index, count = partition
         out = out or join_uri(dataset_uri(src, config, count), "parts", f"{index:04d}-of-{count:04d}")
@@ -476,7 +528,7 @@ def ingest(
 
     from tqdm import tqdm
 
-    with tempfile.TemporaryDirectory(prefix="photogenic-ingest-") as tmp:
+    with scratch_dir("ingest") as tmp:
         ingestor = _Ingestor(config, store, Path(tmp), partitioned=partition is not None)
         bar = tqdm(total=src.count(), unit="img", desc="ingest", disable=None if progress else True, smoothing=0.1)
         try:
@@ -491,6 +543,8 @@ def ingest(
         finally:
             bar.close()
         manifest = ingestor.finish(src, request)
+    if partition is None:  # a partition may hold only orphans: the merge checks the whole
+        _check_not_empty(manifest, src, store, ingestor.first_reasons)
     publish(manifest, manifest_uri, config.storage)
     counts = dict(manifest.counts)
     assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
@@ -502,6 +556,30 @@ def ingest(
     )
     _log_result(run, result)
     return result
+
+
+class EmptyDatasetError(SourceError):
+    """Ingestion ended with no sample: a dataset of nothing is never published."""
+
+
+def _check_not_empty(manifest: Manifest, source: Source, store: Store, first_reasons: list[str]) -> None:
+    """Fail, naming the source, the counts and the first reasons, when ingestion kept no sample.
+
+    The shards and the quarantine list stay where they were written (under the dataset's folder, with
+    no manifest), so the user can read every reason; nothing downstream can take them for a dataset.
+    """
+    counts = manifest.counts
+    if counts["samples"] > 0:
+        return
+    where = source.description().get("uri") or source.kind
+    if counts["input"] == 0:
+        raise EmptyDatasetError(f"ingestion of {where} found no rows at all: nothing to ingest")
+    message = f"ingestion of {where} kept no sample: {_counts_line(counts)}"
+    if counts["quarantined"]:
+        message += f"; every reason is in {store.uri('quarantine.jsonl')}"
+    if first_reasons:
+        message += "; the first reasons:" + "".join(f"\n  {r}" for r in first_reasons)
+    raise EmptyDatasetError(message)
 
 
 def _counts_line(counts: dict[str, int]) -> str:
@@ -549,7 +627,7 @@ def merge_partitions(
     from photogenic.manifest import manifest_file, read_manifest
 
     started = time.perf_counter()
-    src = source if isinstance(source, Source) else make_source(source, config.world, config.storage)
+    src = source if isinstance(source, Source) else make_source(source, config)
     parts = [read_manifest(manifest_file(u), config.storage) for u in part_uris]
     if not parts:
         raise ValueError("merge_partitions needs at least one partition")
@@ -575,14 +653,14 @@ def merge_partitions(
     data = config.data
     exact: dict[str, str] = {}
     near = NearDuplicateIndex(data.near_duplicate_distance) if data.near_duplicate_distance >= 0 else None
-    owners: dict[str, str] = {}
+    owners: dict[str, tuple[str, str]] = {}  # tar key -> (key, source ref) of its first owner
     drops: list[dict[int, dict[str, dict[str, Any]]]] = []  # per part: shard number -> key -> verdict
     for part in parts:
         part_drops: dict[int, dict[str, dict[str, Any]]] = {}
         for row in _read_jsonl(part, "index", config):
             key, verdict = row["key"], None
             if key in owners:
-                verdict = {"quarantine": f"duplicate key {key!r}: first seen at {owners[key]}"}
+                verdict = {"quarantine": _key_clash(row.get("source_key", key), key, *owners[key])}
             elif row["sha256"] in exact:
                 verdict = {"kind": "exact", "duplicate_of": exact[row["sha256"]], "distance": 0}
             elif near is not None and row["phash"] is not None and (hit := near.find(int(row["phash"], 16))):
@@ -590,7 +668,7 @@ def merge_partitions(
             if verdict is not None:
                 part_drops.setdefault(int(row["shard"]), {})[key] = {**verdict, "source_ref": row["ref"]}
                 continue
-            owners[key] = row["ref"]
+            owners[key] = (row.get("source_key", key), row["ref"])
             exact[row["sha256"]] = key
             if near is not None and row["phash"] is not None:
                 near.add(int(row["phash"], 16), key)
@@ -604,7 +682,7 @@ def merge_partitions(
     shards: list[dict[str, Any]] = []
     quarantine_shards: list[dict[str, Any]] = []
     dropped: set[str] = set()
-    with tempfile.TemporaryDirectory(prefix="photogenic-merge-") as tmp:
+    with scratch_dir("merge") as tmp:
         reasons = _JsonLines("quarantine.jsonl", Path(tmp) / "quarantine.jsonl")
         duplicates = _JsonLines("duplicates.jsonl", Path(tmp) / "duplicates.jsonl")
         oracle = _JsonLines("oracle.jsonl", Path(tmp) / "oracle.jsonl")
@@ -668,6 +746,7 @@ def merge_partitions(
             "sidecars": sidecars,
         },
     )
+    _check_not_empty(manifest, src, store, [])
     publish(manifest, manifest_uri, config.storage)
     assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
     result = IngestResult(manifest_uri, manifest.fingerprint, counts, seconds=time.perf_counter() - started)

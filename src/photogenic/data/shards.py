@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,10 +16,41 @@ from photogenic.config import StorageConfig
 from photogenic.manifest import Manifest, ObjectRef
 from photogenic.storage import Store
 
-__all__ = ["ShardSink", "ShardInfo", "iter_shard", "iter_dataset", "dataset_shards", "IMAGE_EXTS"]
+__all__ = ["ShardSink", "ShardInfo", "iter_shard", "iter_dataset", "dataset_shards", "IMAGE_EXTS", "scratch_dir"]
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "bin")
 _MTIME = 0  # fixed member times: the same samples give byte-identical shards
+
+
+_SCRATCH = re.compile(r"^photogenic-[a-z]+-(\d+)-")
+
+
+def scratch_dir(stage: str) -> tempfile.TemporaryDirectory:
+    """A local scratch folder named after this process, after removing those of processes that died.
+
+    A stage killed with SIGKILL cannot clean up after itself; the next stage on the machine does: a
+    folder whose owner process no longer exists is removed. One whose number a live process holds
+    is left alone, whoever that process is.
+    """
+    root = Path(tempfile.gettempdir())
+    for entry in root.glob("photogenic-*-*-*"):
+        match = _SCRATCH.match(entry.name)
+        if match is None or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(match.group(1))
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"photogenic-{stage}-{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -59,7 +93,7 @@ class ShardSink:
         if self._writer is None:
             import webdataset as wds
 
-            self._tmp = tempfile.TemporaryDirectory(prefix="photogenic-shards-")
+            self._tmp = tempfile.TemporaryDirectory(prefix=f"photogenic-shards-{os.getpid()}-")
             self._writer = wds.ShardWriter(
                 f"{self._tmp.name}/{self.name}-%05d.tar",
                 maxcount=self.max_samples,

@@ -10,14 +10,38 @@ import csv
 import hashlib
 import io
 import json
+import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from photogenic.config import StorageConfig, WorldConfig
-from photogenic.storage import ObjectNotFoundError, StoreError, join_uri, open_store, split_parent
+from photogenic.config import Config, StorageConfig, WorldConfig
+from photogenic.storage import (
+    ObjectInfo,
+    ObjectNotFoundError,
+    ObjectTooLargeError,
+    StoreError,
+    StoreUnreachableError,
+    join_uri,
+    open_store,
+    split_parent,
+    split_uri,
+)
 
-__all__ = ["RawRecord", "Chunk", "Source", "WorldSource", "TableSource", "ShardSource", "make_source", "SourceError"]
+__all__ = [
+    "RawRecord",
+    "Chunk",
+    "Source",
+    "WorldSource",
+    "TableSource",
+    "TableRow",
+    "ShardSource",
+    "make_source",
+    "SourceError",
+    "KEY_COLUMNS",
+    "IMAGE_COLUMNS",
+    "CAPTION_COLUMNS",
+]
 
 _CHUNK_ROWS = 256
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -117,108 +141,316 @@ def _load_world(chunk: Chunk) -> list[RawRecord]:
 
 # --------------------------------------------------------------------------------------------- table
 
+# The column names a captions table may use, in order of preference: ours, Hugging Face imagefolder's
+# `metadata.csv`/`.jsonl` (`file_name`, `text`), and the usual others.
+KEY_COLUMNS = ("key", "id")
+IMAGE_COLUMNS = ("image", "file_name", "image_path", "path", "file", "filename")
+CAPTION_COLUMNS = ("caption", "text")
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of a captions table, checked in the main process; only `image_key`'s bytes are ever read.
+
+    `image_key` is the image's key under the table's folder after normalisation, or None where the row
+    names no usable image; `problem` then says why, naming the table, the line and the path.
+    """
+
+    where: str
+    key: str | None
+    caption: bytes | None
+    image: str
+    image_key: str | None
+    extra: dict[str, Any]
+    problem: str | None = None
+
 
 @dataclass
 class TableSource(Source):
-    """Images in a folder or S3 prefix, captions in a JSONL, CSV or Parquet table (columns: key,
-    caption, image). Image paths are relative to the table's folder unless they are URIs."""
+    """Images in a folder or S3 prefix, captions in a JSONL, CSV or Parquet table beside them.
+
+    The table's folder (or S3 prefix) is the source root: an image reference must name a regular file
+    under it, after normalisation. Absolute paths and URIs are accepted only when they point inside it;
+    `..` that leaves it, links (never followed, at any depth), hidden files, special files and files
+    over `data.max_image_bytes` are quarantined with a reason and never read.
+    """
 
     table_uri: str
     storage: StorageConfig
+    max_image_bytes: int = 64 * 2**20
+    workers: int = 1
     kind = "table"
     _folder: str = ""
     _name: str = ""
+    _described: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._folder, self._name = split_parent(self.table_uri)
         if not self._name.lower().endswith(_TABLE_SUFFIXES):
             raise SourceError(f"captions table {self.table_uri!r} must end in {', '.join(_TABLE_SUFFIXES)}")
+        self.table_uri = join_uri(self._folder, self._name)  # absolute: the workers and the reasons use it
 
     def _store(self) -> Any:
         return open_store(self._folder, self.storage)
 
     def description(self) -> dict[str, Any]:
+        """The table's content hash and a hash of every entry under the folder: its name, kind and content
+        (sha256 of a local file's bytes, the ETag of an S3 object), never just names and sizes.
+
+        Computed once per source object: reading a local folder's files is the cost of content-keyed reuse.
+        """
+        if self._described is None:
+            self._described = self._describe()
+        return self._described
+
+    def _describe(self) -> dict[str, Any]:
         store = self._store()
         try:
             table = store.stat(self._name)
         except ObjectNotFoundError as exc:
             raise SourceError(f"captions table {self.table_uri} does not exist") from exc
-        table_sha = table.sha256 or hashlib.sha256(store.get_bytes(self._name)).hexdigest()
         listing = hashlib.sha256()
-        for info in store.list():
-            if info.key.lower().endswith(_IMAGE_SUFFIXES):
-                listing.update(f"{info.key}\t{info.size}\n".encode())
-        return {"kind": "table", "uri": self.table_uri, "sha256": table_sha, "images": listing.hexdigest()}
+        entries = [e for e in store.scan() if e.key != self._name]
+        contents = _content_ids(store, entries, self.max_image_bytes, self.workers)
+        for entry, content in zip(entries, contents, strict=True):
+            listing.update(f"{entry.key}\t{entry.kind}\t{content}\n".encode())
+        table_id = _content_ids(store, [table], 1 << 62, 1)[0]
+        return {"kind": "table", "uri": self.table_uri, "table": table_id, "entries": listing.hexdigest()}
 
-    def rows(self) -> Iterator[dict[str, Any]]:
-        """Rows of the table, streamed; caption values keep their raw bytes where they are not UTF-8."""
-        store, name = self._store(), self._name.lower()
+    def rows(self) -> Iterator[TableRow]:
+        """The table's rows, streamed and checked; caption values keep their raw bytes where they are not UTF-8.
+
+        Raises:
+            SourceError: the table cannot supply an image and a caption for any row (the columns found
+                and the names accepted), or it cannot be read at all.
+        """
+        name = self._name.lower()
         if name.endswith(".parquet"):
-            yield from self._parquet_rows()
-            return
-        with store.open(self._name) as raw:
-            text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-            if name.endswith(".csv"):
-                for line_no, row in enumerate(csv.DictReader(text), start=2):
-                    yield {**row, "__row__": f"line {line_no}"}
-            else:
-                for line_no, line in enumerate(text, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        row = {"__problem__": f"line {line_no} of {self.table_uri} is not valid JSON: {exc.msg}"}
-                    if not isinstance(row, dict):
-                        row = {"__problem__": f"line {line_no} of {self.table_uri} is not a JSON object"}
-                    yield {**row, "__row__": f"line {line_no}"}
+            raw_rows = self._parquet_rows()
+        elif name.endswith(".csv"):
+            raw_rows = self._csv_rows()
+        else:
+            raw_rows = self._jsonl_rows()
+        # CSV and Parquet headers were checked before the first row; JSONL rows each bring their own keys.
+        usable, columns = not name.endswith(".jsonl"), set()
+        for where, row in raw_rows:
+            if isinstance(row, str):  # the line itself could not be parsed
+                yield TableRow(where, None, None, "", None, {}, f"{where} of {self.table_uri}: {row}")
+                continue
+            columns.update(row)
+            roles = _roles(row)
+            usable = usable or (roles[1] is not None and roles[2] is not None)
+            yield self._check_row(where, row, roles)
+        if not usable:
+            raise SourceError(_schema_error(self.table_uri, sorted(columns)))
 
-    def _parquet_rows(self) -> Iterator[dict[str, Any]]:
+    def _jsonl_rows(self) -> Iterator[tuple[str, dict[str, Any] | str]]:
+        with self._store().open(self._name) as raw:
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            for line_no, line in enumerate(text, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"line {line_no}", f"not valid JSON ({exc.msg})"
+                    continue
+                yield f"line {line_no}", row if isinstance(row, dict) else "not a JSON object"
+
+    def _csv_rows(self) -> Iterator[tuple[str, dict[str, Any] | str]]:
+        with self._store().open(self._name) as raw:
+            # utf-8-sig: a byte-order mark would otherwise become part of the first column's name.
+            text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            reader = csv.reader(text)
+            header: list[str] | None = None
+            last_line = 0
+            while True:
+                start = last_line + 1  # a record may span lines: reasons name its first physical line
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # e.g. a field over the csv module's limit: this record only
+                    last_line = reader.line_num
+                    yield f"line {start}", f"cannot be parsed as CSV ({exc})"
+                    continue
+                last_line = reader.line_num
+                if not record:
+                    continue
+                if header is None:
+                    header = [h.strip() for h in record]
+                    if _roles(dict.fromkeys(header, "x"))[2] is None or _roles(dict.fromkeys(header, "x"))[1] is None:
+                        raise SourceError(_schema_error(self.table_uri, header))
+                    continue
+                if len(record) != len(header):
+                    yield f"line {start}", f"has {len(record)} fields, the header {len(header)}"
+                    continue
+                yield f"line {start}", dict(zip(header, record, strict=True))
+            if header is None:
+                raise SourceError(f"captions table {self.table_uri} is empty: no header line")
+
+    def _parquet_rows(self) -> Iterator[tuple[str, dict[str, Any] | str]]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         with self._store().open(self._name) as raw:
             data = raw.read()  # parquet needs random access; the table (not the images) is read whole
-        table = pq.ParquetFile(io.BytesIO(data))
+        try:
+            table = pq.ParquetFile(io.BytesIO(data))
+        except (pa.ArrowException, OSError) as exc:
+            raise SourceError(f"captions table {self.table_uri} is not a readable Parquet file: {exc}") from exc
+        header = table.schema_arrow.names
+        if _roles(dict.fromkeys(header, "x"))[2] is None or _roles(dict.fromkeys(header, "x"))[1] is None:
+            raise SourceError(_schema_error(self.table_uri, header))
         row_no = 0
         for batch in table.iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 row_no += 1
-                yield {**row, "__row__": f"row {row_no}"}
+                yield f"row {row_no}", row
+
+    def _check_row(self, where: str, row: dict[str, Any], roles: tuple[str | None, ...]) -> TableRow:
+        key_col, caption_col, image_col = roles
+        at = f"{where} of {self.table_uri}"
+        extra = {
+            k: v
+            for k, v in row.items()
+            if k not in roles and isinstance(k, str) and (isinstance(v, (str, int, float, bool)) or v is None)
+        }
+        image = row.get(image_col) if image_col else None
+        shown = image if isinstance(image, str) else ""
+        key, caption = row.get(key_col) if key_col else None, row.get(caption_col) if caption_col else None
+        problem = None
+        if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int))):
+            problem = f"{at}: key is {_kind_of(key)}, not text"
+        elif caption is not None and not isinstance(caption, (str, bytes)):
+            problem = f"{at}: caption is {_kind_of(caption)}, not text"
+        image_key, image_problem = self._image_key(image)
+        if image_problem and not problem:
+            problem = f"{at}: {image_problem}"
+        if key is None and isinstance(image, str) and image:
+            key = image.rsplit("/", 1)[-1]
+        return TableRow(
+            where=where,
+            key=None if key is None else str(key),
+            caption=_caption_bytes(caption) if isinstance(caption, (str, bytes)) else None,
+            image=shown,
+            image_key=None if problem else image_key,
+            extra=extra,
+            problem=problem,
+        )
+
+    def _image_key(self, image: Any) -> tuple[str | None, str | None]:
+        """The image's key under the source folder, or why the reference is refused (nothing is read)."""
+        if image is None or image == "":
+            return None, "the row names no image"
+        if not isinstance(image, str):
+            return None, f"image path is {_kind_of(image)}, not text"
+        if any(ord(c) < 32 for c in image):
+            return None, f"image path {image!r} contains control characters"
+        path = image
+        if "://" in image or image.startswith("/"):
+            local = image[len("file://") :] if image.startswith("file://") else image
+            folder = self._folder.rstrip("/") + "/"
+            if self._folder.startswith("s3://") or "://" in local:
+                inside = local.startswith(folder)
+            else:
+                local = posixpath.normpath(local)
+                inside = local.startswith(folder)
+            if not inside:
+                outside = f"image path {image!r} is outside the source folder {self._folder}"
+                return None, f"{outside}; only files under it are read"
+            path = local[len(folder) :]
+        key = posixpath.normpath(path)
+        if key == ".." or key.startswith("../") or key.startswith("/"):
+            return None, f"image path {image!r} leaves the source folder {self._folder}; only files under it are read"
+        if key == "." or any(part.startswith(".") for part in key.split("/")):
+            return None, f"image path {image!r} names a hidden file or folder, which is never read"
+        return key, None
 
     def chunks(self) -> Iterator[Chunk]:
-        seen_images: set[str] = set()
-        batch: list[dict[str, Any]] = []
+        referenced: set[str] = set()
+        batch: list[TableRow] = []
         index = 0
         for row in self.rows():
-            image = _first(row, "image", "image_path", "path", "file")
-            if isinstance(image, str) and image:
-                seen_images.add(self._resolve(image))
+            if row.image_key is not None:
+                referenced.add(row.image_key)
             batch.append(row)
             if len(batch) >= _CHUNK_ROWS:
-                yield Chunk("table", index, (self._folder, self.table_uri, batch), self.storage)
+                yield Chunk("table", index, (self._folder, self.table_uri, batch, self.max_image_bytes), self.storage)
                 index, batch = index + 1, []
         if batch:
-            yield Chunk("table", index, (self._folder, self.table_uri, batch), self.storage)
+            yield Chunk("table", index, (self._folder, self.table_uri, batch, self.max_image_bytes), self.storage)
             index += 1
         # Images nobody captioned: they cannot be used, but they are reported, never ignored.
         orphans = [
-            info.key
-            for info in self._store().list()
-            if info.key.lower().endswith(_IMAGE_SUFFIXES) and join_uri(self._folder, info.key) not in seen_images
+            (e.key, e.kind)
+            for e in self._store().scan()
+            if e.key.lower().endswith(_IMAGE_SUFFIXES) and e.key not in referenced
         ]
         for start in range(0, len(orphans), _CHUNK_ROWS):
-            yield Chunk("orphans", index, (self._folder, orphans[start : start + _CHUNK_ROWS]), self.storage)
+            batch_o = orphans[start : start + _CHUNK_ROWS]
+            yield Chunk("orphans", index, (self._folder, batch_o, self.max_image_bytes), self.storage)
             index += 1
 
-    def _resolve(self, image: str) -> str:
-        return image if "://" in image or image.startswith("/") else join_uri(self._folder, image)
+
+_KIND_WORDS = {"symlink": "a symbolic link", "special": "a special file (a device, FIFO or socket)"}
 
 
-def _first(row: dict[str, Any], *names: str) -> Any:
-    for name in names:
-        if row.get(name) not in (None, ""):
-            return row[name]
-    return None
+def _roles(row: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """Which column is the key, the caption and the image: the first accepted name present (any case)."""
+    by_lower: dict[str, str] = {}
+    for name in row:
+        if isinstance(name, str):
+            by_lower.setdefault(name.strip().lower(), name)
+
+    def pick(names: tuple[str, ...]) -> str | None:
+        return next((by_lower[n] for n in names if n in by_lower), None)
+
+    return pick(KEY_COLUMNS), pick(CAPTION_COLUMNS), pick(IMAGE_COLUMNS)
+
+
+def _schema_error(table_uri: str, columns: list[str]) -> str:
+    shown = ", ".join(repr(c) for c in columns[:50]) or "none"
+    return (
+        f"captions table {table_uri} cannot supply an image and a caption for any row: its columns are "
+        f"[{shown}]; it needs an image column (one of {', '.join(IMAGE_COLUMNS)}) and a caption column "
+        f"(one of {', '.join(CAPTION_COLUMNS)}), and may have a key column ({', '.join(KEY_COLUMNS)})"
+    )
+
+
+def _kind_of(value: Any) -> str:
+    return f"a value of type {type(value).__name__} ({str(value)[:40]!r})"
+
+
+def _content_ids(store: Any, entries: list[ObjectInfo], max_bytes: int, workers: int) -> list[str]:
+    """What identifies each entry's content: an S3 ETag, or the sha256 of a local file's bytes.
+
+    Links and special files are never read (ingestion refuses them whatever they point to); files over
+    the size cap are never read either (they are refused whatever their bytes).
+    """
+
+    def one(entry: ObjectInfo) -> str:
+        if entry.etag:
+            return f"etag:{entry.etag}:{entry.size}"
+        if entry.kind != "file":
+            return entry.kind
+        if entry.size > max_bytes:
+            return f"over-cap:{entry.size}"
+        try:
+            with store.open(entry.key) as f:
+                h = hashlib.sha256()
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return f"sha256:{h.hexdigest()}"
+        except (StoreError, OSError) as exc:  # unreadable: ingestion quarantines it; its state is the id
+            return f"unreadable:{type(exc).__name__}"
+
+    if workers <= 1 or len(entries) < 64:
+        return [one(e) for e in entries]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:  # hashlib and file reads release the GIL
+        return list(pool.map(one, entries))
 
 
 def _caption_bytes(value: Any) -> bytes | None:
@@ -230,50 +462,42 @@ def _caption_bytes(value: Any) -> bytes | None:
     return str(value).encode("utf-8", errors="surrogateescape")
 
 
-def _read_image(uri: str, storage: StorageConfig) -> tuple[bytes | None, str | None]:
-    parent, name = split_parent(uri)
+def _read_image(store: Any, key: str, max_bytes: int) -> tuple[bytes | None, str | None]:
+    """One image's bytes, or why not: a problem with this file is the row's, never the stage's."""
+    uri = store.uri(key)
     try:
-        return open_store(parent, storage).get_bytes(name), None
+        return store.read_capped(key, max_bytes), None
+    except StoreUnreachableError:
+        raise  # the source as a whole is unreachable: the stage stops
     except ObjectNotFoundError:
-        return None, f"caption row names image {uri}, which does not exist"
+        return None, f"image {uri} does not exist"
+    except ObjectTooLargeError as exc:
+        return None, f"{exc} (data.max_image_bytes)"
+    except StoreError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"cannot read image {uri}: {exc.strerror or type(exc).__name__}"
 
 
 def _load_table(chunk: Chunk) -> list[RawRecord]:
-    folder, table_uri, rows = chunk.payload
+    folder, table_uri, rows, max_bytes = chunk.payload
+    store = open_store(folder, chunk.storage)
     out = []
     for row in rows:
-        ref = f"{table_uri} {row['__row__']}"
-        key = _first(row, "key", "id")
-        if row.get("__problem__"):
-            out.append(
-                RawRecord(key=str(key or ref), image=None, caption=None, source_ref=ref, problem=row["__problem__"])
-            )
-            continue
-        image = _first(row, "image", "image_path", "path", "file")
-        caption = _caption_bytes(row.get("caption"))
-        extra = {
-            k: v
-            for k, v in row.items()
-            if k not in {"key", "id", "caption", "image", "image_path", "path", "file", "__row__"}
-        }
-        extra = {k: v for k, v in extra.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        problem = None
-        data = None
-        if not image:
-            problem = "caption row names no image"
-        else:
-            uri = image if "://" in image or image.startswith("/") else join_uri(folder, image)
-            data, problem = _read_image(uri, chunk.storage)
-        if key is None:
-            key = str(image).rsplit("/", 1)[-1] if image else ""
+        ref = f"{table_uri} {row.where}"
+        data, problem = None, row.problem
+        if problem is None and row.image_key is not None:
+            data, problem = _read_image(store, row.image_key, max_bytes)
+            if problem:
+                problem = f"{row.where} of {table_uri}: {problem}"
         out.append(
             RawRecord(
-                key=str(key),
+                key=row.key or ref,
                 image=data,
-                caption=caption,
+                caption=row.caption,
                 source_ref=ref,
-                image_name=str(image or ""),
-                extra=extra,
+                image_name=row.image,
+                extra=row.extra,
                 problem=problem,
             )
         )
@@ -281,18 +505,23 @@ def _load_table(chunk: Chunk) -> list[RawRecord]:
 
 
 def _load_orphans(chunk: Chunk) -> list[RawRecord]:
-    folder, keys = chunk.payload
+    folder, entries, max_bytes = chunk.payload
     store = open_store(folder, chunk.storage)
     out = []
-    for key in keys:
+    for key, kind in entries:
+        uri = join_uri(folder, key)
+        if kind == "file":
+            data, problem = _read_image(store, key, max_bytes)
+        else:
+            data, problem = None, f"{uri} is {_KIND_WORDS.get(kind, kind)}, which is never read"
         out.append(
             RawRecord(
                 key=key.rsplit("/", 1)[-1],
-                image=store.get_bytes(key),
+                image=data,
                 caption=None,
-                source_ref=join_uri(folder, key),
+                source_ref=uri,
                 image_name=key,
-                problem=f"image {join_uri(folder, key)} has no caption row",
+                problem=f"image {uri} has no caption row" + (f"; {problem}" if problem else ""),
             )
         )
     return out
@@ -308,30 +537,37 @@ class ShardSource(Source):
     uri: str
     storage: StorageConfig
     kind = "shards"
+    _described: dict[str, Any] | None = field(default=None, repr=False)
 
-    def _shards(self) -> list[tuple[str, str, str, int]]:
+    def _shards(self) -> list[tuple[str, ObjectInfo]]:
         if self.uri.endswith(".tar"):
             parent, name = split_parent(self.uri)
             try:
                 info = open_store(parent, self.storage).stat(name)
             except ObjectNotFoundError as exc:
                 raise SourceError(f"shard {self.uri} does not exist") from exc
-            return [(parent, name, info.sha256 or "", info.size)]
-        shards = [(self.uri, o.key, o.sha256 or "", o.size) for o in open_store(self.uri, self.storage).list()]
-        shards = [s for s in shards if s[1].endswith(".tar")]
+            return [(parent, info)]
+        shards = [(self.uri, o) for o in open_store(self.uri, self.storage).scan() if o.key.endswith(".tar")]
         if not shards:
             raise SourceError(f"no .tar shards under {self.uri}")
         return shards
 
     def description(self) -> dict[str, Any]:
+        """Every shard's name and content (its ETag on S3, the sha256 of its bytes locally), computed once."""
+        if self._described is not None:
+            return self._described
         listing = hashlib.sha256()
-        for parent, key, sha, size in self._shards():
-            listing.update(f"{join_uri(parent, key)}\t{sha}\t{size}\n".encode())
-        return {"kind": "shards", "uri": self.uri, "shards": listing.hexdigest()}
+        for parent, info in self._shards():
+            content = _content_ids(open_store(parent, self.storage), [info], 1 << 62, 1)[0]
+            listing.update(f"{join_uri(parent, info.key)}\t{content}\n".encode())
+        self._described = {"kind": "shards", "uri": self.uri, "shards": listing.hexdigest()}
+        return self._described
 
     def chunks(self) -> Iterator[Chunk]:
-        for i, (parent, key, _, _) in enumerate(self._shards()):
-            yield Chunk("shards", i, (parent, key), self.storage)
+        for i, (parent, info) in enumerate(self._shards()):
+            if info.kind != "file":
+                raise SourceError(f"shard {join_uri(parent, info.key)} is a {info.kind}; only regular files are read")
+            yield Chunk("shards", i, (parent, info.key), self.storage)
 
 
 _KEY_EXTS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "bin")
@@ -379,10 +615,18 @@ def _members(sample: dict[str, Any]) -> list[str]:
 _LOADERS = {"world": _load_world, "table": _load_table, "orphans": _load_orphans, "shards": _load_shard}
 
 
-def make_source(spec: str, world: WorldConfig, storage: StorageConfig) -> Source:
-    """A source from a CLI spec: `world`, a captions table URI (.jsonl/.csv/.parquet), or a shard URI/prefix."""
+def make_source(spec: str, config: Config) -> Source:
+    """A source from a CLI spec: `world`, a captions table URI (.jsonl/.csv/.parquet), or a shard URI/prefix.
+
+    Raises:
+        SourceError: the spec is not a usable path or URI (`s3:/x`, an unknown scheme).
+    """
     if spec == "world":
-        return WorldSource(world, storage)
+        return WorldSource(config.world, config.storage)
+    try:
+        split_uri(spec)
+    except StoreError as exc:
+        raise SourceError(f"source {spec!r}: {exc}") from None
     if spec.lower().endswith(_TABLE_SUFFIXES):
-        return TableSource(spec, storage)
-    return ShardSource(spec, storage)
+        return TableSource(spec, config.storage, config.data.max_image_bytes, config.data.workers)
+    return ShardSource(spec, config.storage)

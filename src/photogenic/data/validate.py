@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from photogenic.config import Config, DataConfig, fingerprint, to_dict
-from photogenic.data.shards import ShardSink, iter_dataset
+from photogenic.data.ingest import decoder_message
+from photogenic.data.shards import ShardSink, iter_dataset, scratch_dir
 from photogenic.manifest import (
     SCHEMA_VERSION,
     Manifest,
@@ -102,7 +103,7 @@ def sample_row(sample: dict[str, Any], row: int, shard: str) -> dict[str, Any]:
                 im.load()
                 out.update(decodable=True, format=im.format, width=im.width, height=im.height)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the input
-            out["decode_error"] = f"{type(exc).__name__}: {exc}"
+            out["decode_error"] = decoder_message(exc)
     short, long_ = sorted((out["width"], out["height"]))
     out["aspect_ratio"] = float(long_ / short) if short else 0.0
     return out
@@ -272,10 +273,12 @@ def validate(
     if len(rows) != expected:
         raise ManifestError(f"dataset {manifest_uri} lists {expected} samples in its shards, but {len(rows)} were read")
     gx_result, reasons = _run_suite(rows, data) if rows else ({"success": True, "results": []}, {})
-    failed = len(reasons) / max(len(rows), 1)
     counts = {"input": len(rows), "clean": len(rows) - len(reasons), "quarantined": len(reasons)}
+    upstream = _upstream_set_asides(source, config)
+    whole = _whole_input(source, len(rows))
+    failed = (len(reasons) + len(upstream)) / max(whole, 1)
 
-    with tempfile.TemporaryDirectory(prefix="photogenic-validate-") as tmp:
+    with scratch_dir("validate") as tmp:
         quarantine_list = Path(tmp, "quarantine.jsonl")
         with quarantine_list.open("w", encoding="utf-8") as f:
             for row_no in sorted(reasons):
@@ -291,16 +294,24 @@ def validate(
             ObjectRef.of(store.put_bytes("gx_result.json", json.dumps(gx_result, indent=2, sort_keys=True).encode())),
             ObjectRef.of(store.put_file("quarantine.jsonl", quarantine_list)),
         ]
-        report = _html_report(manifest_uri, rows, reasons, gx_result, counts, data)
+        report = _html_report(manifest_uri, rows, reasons, gx_result, counts, data, upstream, whole)
         side_refs.append(ObjectRef.of(store.put_bytes("report.html", report.encode())))
         report_uri = store.uri("report.html")
-        if failed > data.max_failed_fraction:
+        see = f"see {report_uri} and {store.uri('quarantine.jsonl')}"
+        if failed > data.max_failed_fraction or counts["clean"] == 0:
             result = ValidateResult("", "", report_uri, counts, failed)
             _log_result(run, result, report)
+            set_aside = len(reasons) + len(upstream)
+            if counts["clean"] == 0:
+                raise ValidationFailedError(
+                    f"validation of {manifest_uri} failed: no sample is clean ({whole} entered ingestion, "
+                    f"{len(upstream)} set aside there, {len(reasons)} of {len(rows)} here); {see}"
+                )
             raise ValidationFailedError(
-                f"validation of {manifest_uri} failed: {len(reasons)} of {len(rows)} samples ({failed:.1%}) broke "
-                f"expectations, above data.max_failed_fraction={data.max_failed_fraction:g}; "
-                f"see {report_uri} and {store.uri('quarantine.jsonl')}"
+                f"validation of {manifest_uri} failed: {set_aside} of the {whole} inputs that entered ingestion "
+                f"({failed:.1%}) were set aside ({len(upstream)} at ingestion, {len(reasons)} of {len(rows)} "
+                f"samples here for breaking expectations), above data.max_failed_fraction="
+                f"{data.max_failed_fraction:g}; {see}"
             )
         manifest = _split(source, rows, reasons, config, store, side_refs, counts, request, manifest_uri, Path(tmp))
     publish(manifest, result_uri, config.storage)
@@ -316,6 +327,21 @@ def validate(
     )
     _log_result(run, result, report)
     return result
+
+
+def _whole_input(source: Manifest, samples: int) -> int:
+    """How many inputs entered ingestion (the duplicates it removed included); `samples` for other datasets."""
+    counts = source.counts
+    return int(counts["input"]) if source.meta.get("stage") == "ingest" and "input" in counts else samples
+
+
+def _upstream_set_asides(source: Manifest, config: Config) -> list[dict[str, Any]]:
+    """What ingestion already quarantined, with its reasons: part of the failures this stage counts."""
+    key = source.meta.get("sidecars", {}).get("quarantine") if source.meta.get("stage") == "ingest" else None
+    if not key:
+        return []
+    with source.open(key, config.storage) as f:
+        return [json.loads(line) for line in io.TextIOWrapper(f, encoding="utf-8") if line.strip()]
 
 
 def _split(
@@ -404,6 +430,8 @@ def _html_report(
     gx_result: dict[str, Any],
     counts: dict[str, int],
     data: DataConfig,
+    upstream: list[dict[str, Any]],
+    whole: int,
 ) -> str:
     checks, classes = [], []
     for item in gx_result.get("results", []):
@@ -427,19 +455,25 @@ def _html_report(
     shown = sorted(reasons)[:500]
     failing = [[rows[i]["key"], "; ".join(reasons[i]), rows[i]["shard"]] for i in shown]
     more = f"<p>... and {len(reasons) - 500} more in quarantine.jsonl</p>" if len(reasons) > 500 else ""
-    share = counts["quarantined"] / max(counts["input"], 1)
+    share = (counts["quarantined"] + len(upstream)) / max(whole, 1)
+    at_ingest = [[r.get("key", ""), "; ".join(r.get("reasons", [])), r.get("source_ref", "")] for r in upstream[:500]]
+    more_ingest = f"<p>... and {len(upstream) - 500} more in the ingested dataset's quarantine.jsonl</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Photogenic validation</title>
 <style>{_CSS}</style></head><body>
 <h1>Validation report</h1>
 <p>Dataset: <code>{html.escape(uri)}</code></p>
-<p><b>{counts["input"]}</b> samples: <b>{counts["clean"]}</b> clean, <b>{counts["quarantined"]}</b> quarantined
-({share:.2%}; the stage fails above {data.max_failed_fraction:.2%}).</p>
+<p><b>{whole}</b> inputs entered ingestion; <b>{len(upstream)}</b> were quarantined there.
+<b>{counts["input"]}</b> samples reached validation: <b>{counts["clean"]}</b> clean,
+<b>{counts["quarantined"]}</b> quarantined. Set aside in all: {share:.2%} of the inputs (the stage fails
+above {data.max_failed_fraction:.2%}, or when no sample is clean).</p>
 <h2>Expectations (Great Expectations)</h2>
 {_table(["expectation", "arguments", "result", "failing rows"], checks, classes)}
 <h2>Failures by reason</h2>
 {_table(["reason", "samples"], [[k, v] for k, v in sorted(by_reason.items(), key=lambda kv: -kv[1])])}
-<h2>Quarantined samples</h2>
+<h2>Quarantined here</h2>
 {_table(["key", "reasons", "shard"], failing)}{more}
+<h2>Quarantined at ingestion</h2>
+{_table(["key", "reasons", "source"], at_ingest)}{more_ingest if len(upstream) > 500 else ""}
 </body></html>
 """
 
