@@ -212,6 +212,15 @@ class Store(ABC):
             a regular file; nothing is opened).
         """
 
+    def content_id(self, info: ObjectInfo, max_bytes: int) -> str:
+        """What identifies an object's content, for deciding whether an input changed: never its name and
+        size alone. S3: the ETag (a new one for every write). Local: see `LocalStore.content_id`."""
+        if info.etag:
+            return f"etag:{info.etag}:{info.size}"
+        if info.sha256:
+            return f"sha256:{info.sha256}"
+        raise StoreError(f"{info.uri} has no ETag or checksum to identify its content")
+
     def scan(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Like `list`, with the S3 ETag, and (local) symbolic links and special files as entries of their own kind."""
         return self.list(prefix)
@@ -258,10 +267,13 @@ class LocalStore(Store):
         self.config = config
 
     def _file(self, key: str) -> Path:
+        return self.path / self._checked(key)
+
+    def _checked(self, key: str) -> str:
         key = key.strip("/")
         if not key or any(part in ("", ".", "..") for part in key.split("/")):
             raise StoreError(f"invalid object key {key!r} under {self.root}")
-        return self.path / key
+        return key
 
     @staticmethod
     def _sidecar(path: Path) -> Path:
@@ -364,6 +376,23 @@ class LocalStore(Store):
             raise ObjectTooLargeError(f"{self.uri(key)} is more than {max_bytes} bytes, above the limit")
         return data
 
+    def content_id(self, info: ObjectInfo, max_bytes: int) -> str:
+        """The sha256 of the file's bytes (a sidecar may be stale: the file is read). A link or special file
+        is identified by its kind and never opened; a file over `max_bytes` by its size, unread."""
+        if info.kind != "file":
+            return info.kind
+        if info.size > max_bytes:
+            return f"over-cap:{info.size}"
+        try:
+            path = os.path.join(self.root, self._checked(info.key))
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:  # gone or unreadable: ingestion quarantines it; its state is the identity
+            return f"unreadable:{errno.errorcode.get(exc.errno or 0, 'error')}"
+        with os.fdopen(fd, "rb") as f:
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                return "special"
+            return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()}"
+
     def _walk_to_parent(self, key: str, parts: tuple[str, ...]) -> int:
         """A descriptor of the key's folder, reached one folder at a time without following any link."""
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -391,16 +420,18 @@ class LocalStore(Store):
         if not self.path.is_dir():
             return
         found: list[tuple[str, os.stat_result]] = []
-        for dirpath, dirnames, filenames in os.walk(self.path):  # never descends into linked folders
+        root = self.root.rstrip("/") + "/"
+        for dirpath, dirnames, filenames in os.walk(self.root):  # never descends into linked folders
             links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
             dirnames[:] = [d for d in dirnames if not d.startswith(".") and d not in links]
             for name in [*filenames, *links]:
                 if name.startswith("."):
                     continue
-                key = Path(dirpath, name).relative_to(self.path).as_posix()
+                path = os.path.join(dirpath, name)  # strings, not Paths: a folder may hold millions
+                key = path[len(root) :]
                 if key.startswith(prefix):
                     try:
-                        found.append((key, os.lstat(Path(dirpath, name))))
+                        found.append((key, os.lstat(path)))
                     except FileNotFoundError:  # deleted while scanning
                         continue
         for key, info in sorted(found):

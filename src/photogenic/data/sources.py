@@ -178,7 +178,6 @@ class TableSource(Source):
     table_uri: str
     storage: StorageConfig
     max_image_bytes: int = 64 * 2**20
-    workers: int = 1
     kind = "table"
     _folder: str = ""
     _name: str = ""
@@ -211,10 +210,10 @@ class TableSource(Source):
             raise SourceError(f"captions table {self.table_uri} does not exist") from exc
         listing = hashlib.sha256()
         entries = [e for e in store.scan() if e.key != self._name]
-        contents = _content_ids(store, entries, self.max_image_bytes, self.workers)
+        contents = _content_ids(store, entries, self.max_image_bytes)
         for entry, content in zip(entries, contents, strict=True):
             listing.update(f"{entry.key}\t{entry.kind}\t{content}\n".encode())
-        table_id = _content_ids(store, [table], 1 << 62, 1)[0]
+        table_id = _content_ids(store, [table], 1 << 62)[0]
         return {"kind": "table", "uri": self.table_uri, "table": table_id, "entries": listing.hexdigest()}
 
     def rows(self) -> Iterator[TableRow]:
@@ -237,7 +236,8 @@ class TableSource(Source):
             if isinstance(row, str):  # the line itself could not be parsed
                 yield TableRow(where, None, None, "", None, {}, f"{where} of {self.table_uri}: {row}")
                 continue
-            columns.update(row)
+            if not usable and len(columns) < 200:  # for the error message; bounded, whatever the rows hold
+                columns.update(row)
             roles = _roles(row)
             usable = usable or (roles[1] is not None and roles[2] is not None)
             yield self._check_row(where, row, roles)
@@ -252,8 +252,8 @@ class TableSource(Source):
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"line {line_no}", f"not valid JSON ({exc.msg})"
+                except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
+                    yield f"line {line_no}", f"not valid JSON ({getattr(exc, 'msg', type(exc).__name__)})"
                     continue
                 yield f"line {line_no}", row if isinstance(row, dict) else "not a JSON object"
 
@@ -279,8 +279,7 @@ class TableSource(Source):
                     continue
                 if header is None:
                     header = [h.strip() for h in record]
-                    if _roles(dict.fromkeys(header, "x"))[2] is None or _roles(dict.fromkeys(header, "x"))[1] is None:
-                        raise SourceError(_schema_error(self.table_uri, header))
+                    self._check_header(header)
                     continue
                 if len(record) != len(header):
                     yield f"line {start}", f"has {len(record)} fields, the header {len(header)}"
@@ -299,14 +298,17 @@ class TableSource(Source):
             table = pq.ParquetFile(io.BytesIO(data))
         except (pa.ArrowException, OSError) as exc:
             raise SourceError(f"captions table {self.table_uri} is not a readable Parquet file: {exc}") from exc
-        header = table.schema_arrow.names
-        if _roles(dict.fromkeys(header, "x"))[2] is None or _roles(dict.fromkeys(header, "x"))[1] is None:
-            raise SourceError(_schema_error(self.table_uri, header))
+        self._check_header(table.schema_arrow.names)
         row_no = 0
         for batch in table.iter_batches(batch_size=4096):
             for row in batch.to_pylist():
                 row_no += 1
                 yield f"row {row_no}", row
+
+    def _check_header(self, header: list[str]) -> None:
+        _, caption, image = _roles(dict.fromkeys(header))
+        if caption is None or image is None:
+            raise SourceError(_schema_error(self.table_uri, header))
 
     def _check_row(self, where: str, row: dict[str, Any], roles: tuple[str | None, ...]) -> TableRow:
         key_col, caption_col, image_col = roles
@@ -348,18 +350,15 @@ class TableSource(Source):
         if any(ord(c) < 32 for c in image):
             return None, f"image path {image!r} contains control characters"
         path = image
-        if "://" in image or image.startswith("/"):
-            local = image[len("file://") :] if image.startswith("file://") else image
+        if "://" in image or image.startswith("/"):  # absolute: accepted only when it points under the root
+            absolute = image.removeprefix("file://")
+            if "://" not in absolute and not self._folder.startswith("s3://"):
+                absolute = posixpath.normpath(absolute)
             folder = self._folder.rstrip("/") + "/"
-            if self._folder.startswith("s3://") or "://" in local:
-                inside = local.startswith(folder)
-            else:
-                local = posixpath.normpath(local)
-                inside = local.startswith(folder)
-            if not inside:
+            if not absolute.startswith(folder):
                 outside = f"image path {image!r} is outside the source folder {self._folder}"
                 return None, f"{outside}; only files under it are read"
-            path = local[len(folder) :]
+            path = absolute[len(folder) :]  # relative, normalised below (an S3 URI's `..` included)
         key = posixpath.normpath(path)
         if key == ".." or key.startswith("../") or key.startswith("/"):
             return None, f"image path {image!r} leaves the source folder {self._folder}; only files under it are read"
@@ -422,35 +421,14 @@ def _kind_of(value: Any) -> str:
     return f"a value of type {type(value).__name__} ({str(value)[:40]!r})"
 
 
-def _content_ids(store: Any, entries: list[ObjectInfo], max_bytes: int, workers: int) -> list[str]:
-    """What identifies each entry's content: an S3 ETag, or the sha256 of a local file's bytes.
+def _content_ids(store: Any, entries: list[ObjectInfo], max_bytes: int) -> list[str]:
+    """What identifies each entry's content (`Store.content_id`): an S3 ETag, or the sha256 of a local file.
 
-    Links and special files are never read (ingestion refuses them whatever they point to); files over
-    the size cap are never read either (they are refused whatever their bytes).
+    Files over the size cap are never read (ingestion refuses them whatever their bytes), nor are links
+    and special files (refused whatever they point to). One thread: with a pool of two, per-file Python
+    work contends for the GIL and 20,000 small files took 3x longer (bench/results/ingest_table.md).
     """
-
-    def one(entry: ObjectInfo) -> str:
-        if entry.etag:
-            return f"etag:{entry.etag}:{entry.size}"
-        if entry.kind != "file":
-            return entry.kind
-        if entry.size > max_bytes:
-            return f"over-cap:{entry.size}"
-        try:
-            with store.open(entry.key) as f:
-                h = hashlib.sha256()
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            return f"sha256:{h.hexdigest()}"
-        except (StoreError, OSError) as exc:  # unreadable: ingestion quarantines it; its state is the id
-            return f"unreadable:{type(exc).__name__}"
-
-    if workers <= 1 or len(entries) < 64:
-        return [one(e) for e in entries]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:  # hashlib and file reads release the GIL
-        return list(pool.map(one, entries))
+    return [store.content_id(e, max_bytes) for e in entries]
 
 
 def _caption_bytes(value: Any) -> bytes | None:
@@ -558,7 +536,7 @@ class ShardSource(Source):
             return self._described
         listing = hashlib.sha256()
         for parent, info in self._shards():
-            content = _content_ids(open_store(parent, self.storage), [info], 1 << 62, 1)[0]
+            content = _content_ids(open_store(parent, self.storage), [info], 1 << 62)[0]
             listing.update(f"{join_uri(parent, info.key)}\t{content}\n".encode())
         self._described = {"kind": "shards", "uri": self.uri, "shards": listing.hexdigest()}
         return self._described
@@ -628,5 +606,5 @@ def make_source(spec: str, config: Config) -> Source:
     except StoreError as exc:
         raise SourceError(f"source {spec!r}: {exc}") from None
     if spec.lower().endswith(_TABLE_SUFFIXES):
-        return TableSource(spec, config.storage, config.data.max_image_bytes, config.data.workers)
+        return TableSource(spec, config.storage, config.data.max_image_bytes)
     return ShardSource(spec, config.storage)
