@@ -298,6 +298,8 @@ def validate(
         side_refs.append(ObjectRef.of(store.put_bytes("report.html", report.encode())))
         report_uri = store.uri("report.html")
         see = f"see {report_uri} and {store.uri('quarantine.jsonl')}"
+        if upstream:
+            see += f" (and {source.uri(source.meta['sidecars']['quarantine'])} for ingestion's)"
         if failed > data.max_failed_fraction or counts["clean"] == 0:
             result = ValidateResult("", "", report_uri, counts, failed)
             _log_result(run, result, report)
