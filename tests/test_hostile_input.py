@@ -254,17 +254,23 @@ def test_bad_rows_are_set_aside_and_the_stage_goes_on(tmp_path: Path) -> None:
         {"key": {"a": 1}, "caption": "a key that is a mapping", "image": good[1]["image"]},
         {"key": good[2]["key"], "caption": good[2]["caption"], "image": good[2]["image"]},
     ]
-    (src / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in jsonl_rows) + "{not json\n[1, 2]\n")
+    tail = [
+        "{not json",  # line 5
+        "[1, 2]",  # line 6
+        "[" * 100_000,  # line 7: nesting deeper than Python's stack
+        json.dumps({"key": "huge", "caption": "x" * (1 << 24), "image": good[3]["image"]}),  # line 8: 16 Mi+
+    ]
+    (src / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in jsonl_rows) + "\n".join(tail) + "\n")
     result = ingest(str(src / "rows.jsonl"), config, progress=False)
-    assert (
-        result.counts["samples"] == 1 and result.counts["quarantined"] == 5 + 3
-    )  # 5 bad rows, 3 images no usable row names
+    bad_rows, orphans = 7, 3  # the images of rows 2, 3 and 8 are named by no usable row
+    assert result.counts["samples"] == 1 and result.counts["quarantined"] == bad_rows + orphans
     text = " ".join(_reasons(result.manifest_uri, config).values())
     for expected in (
         "line 1 of", "image path is a value of type int ('12'), not text",
         "line 2 of", "caption is a value of type list",
         "line 3 of", "key is a value of type dict",
-        "line 5 of", "not valid JSON", "line 6 of", "not a JSON object",
+        "line 5 of", "not valid JSON", "line 6 of", "not a JSON object", "line 7 of",
+        "line 8 of", f"is longer than {1 << 24} characters; it was skipped unread",
     ):  # fmt: skip
         assert expected in text, expected
 

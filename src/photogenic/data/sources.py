@@ -13,7 +13,7 @@ import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from photogenic.config import Config, StorageConfig, WorldConfig
 from photogenic.storage import (
@@ -247,7 +247,10 @@ class TableSource(Source):
     def _jsonl_rows(self) -> Iterator[tuple[str, dict[str, Any] | str]]:
         with self._store().open(self._name) as raw:
             text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-            for line_no, line in enumerate(text, start=1):
+            for line_no, line in _bounded_lines(text, _MAX_LINE_CHARS):
+                if line is None:
+                    yield f"line {line_no}", f"is longer than {_MAX_LINE_CHARS} characters; it was skipped unread"
+                    continue
                 if not line.strip():
                     continue
                 try:
@@ -390,6 +393,22 @@ class TableSource(Source):
             batch_o = orphans[start : start + _CHUNK_ROWS]
             yield Chunk("orphans", index, (self._folder, batch_o, self.max_image_bytes), self.storage)
             index += 1
+
+
+_MAX_LINE_CHARS = 1 << 24  # a JSONL row longer than 16 Mi characters is refused, not held in memory
+
+
+def _bounded_lines(text: IO[str], limit: int) -> Iterator[tuple[int, str | None]]:
+    """Lines with their numbers; a line longer than `limit` is read past in pieces and yielded as None."""
+    line_no = 0
+    while line := text.readline(limit):
+        line_no += 1
+        if len(line) < limit or line.endswith(("\n", "\r")):
+            yield line_no, line
+            continue
+        while (rest := text.readline(limit)) and not rest.endswith(("\n", "\r")):
+            pass
+        yield line_no, None
 
 
 _KIND_WORDS = {"symlink": "a symbolic link", "special": "a special file (a device, FIFO or socket)"}
