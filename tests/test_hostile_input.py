@@ -398,6 +398,25 @@ def test_reuse_is_keyed_on_content_not_names_and_sizes(store_uri: str, tmp_path:
     assert image["bmp"] == second
 
 
+def test_a_workspace_inside_the_source_folder_is_not_part_of_the_source(tmp_path: Path) -> None:
+    """`--source captions.jsonl` run from the data folder puts the default workspace inside it."""
+    src = tmp_path / "src"
+    store = open_store(str(src))
+    rows = _good_rows(store, 4)
+    store.put_bytes("captions.jsonl", _jsonl([*rows, {"key": "own", "caption": "our output", "image": "ws/a.png"}]))
+    config = _config(src / "ws")
+    first = ingest(store.uri("captions.jsonl"), config, progress=False)
+    (src / "ws" / "a.png").write_bytes((src / "img" / f"{rows[0]['key']}.png").read_bytes())  # e.g. a sample grid
+    again = ingest(store.uri("captions.jsonl"), config, progress=False)
+    assert again.reused and again.counts == first.counts == {
+        "input": 5,
+        "samples": 4,
+        "duplicates": 0,
+        "quarantined": 1,
+    }
+    assert "inside this run's own workspace" in _reasons(first.manifest_uri, config)["own"]
+
+
 def _samples_of(manifest_uri: str, config: Config) -> list[dict[str, Any]]:
     from photogenic.data.shards import iter_dataset
 

@@ -178,6 +178,7 @@ class TableSource(Source):
     table_uri: str
     storage: StorageConfig
     max_image_bytes: int = 64 * 2**20
+    exclude: tuple[str, ...] = ()  # folders under the root that are not the source's (the run's workspace)
     kind = "table"
     _folder: str = ""
     _name: str = ""
@@ -191,6 +192,15 @@ class TableSource(Source):
 
     def _store(self) -> Any:
         return open_store(self._folder, self.storage)
+
+    def _scan(self) -> Iterator[ObjectInfo]:
+        """Every entry of the source, less the run's own outputs where they lie inside it."""
+        for entry in self._store().scan():
+            if not self._excluded(entry.key):
+                yield entry
+
+    def _excluded(self, key: str) -> bool:
+        return any(key == p or key.startswith(f"{p}/") for p in self.exclude)
 
     def description(self) -> dict[str, Any]:
         """The table's content hash and a hash of every entry under the folder: its name, kind and content
@@ -209,7 +219,7 @@ class TableSource(Source):
         except ObjectNotFoundError as exc:
             raise SourceError(f"captions table {self.table_uri} does not exist") from exc
         listing = hashlib.sha256()
-        entries = [e for e in store.scan() if e.key != self._name]
+        entries = [e for e in self._scan() if e.key != self._name]
         contents = _content_ids(store, entries, self.max_image_bytes)
         for entry, content in zip(entries, contents, strict=True):
             listing.update(f"{entry.key}\t{entry.kind}\t{content}\n".encode())
@@ -367,6 +377,8 @@ class TableSource(Source):
             return None, f"image path {image!r} leaves the source folder {self._folder}; only files under it are read"
         if key == "." or any(part.startswith(".") for part in key.split("/")):
             return None, f"image path {image!r} names a hidden file or folder, which is never read"
+        if self._excluded(key):
+            return None, f"image path {image!r} is inside this run's own workspace or store, which is not the source"
         return key, None
 
     def chunks(self) -> Iterator[Chunk]:
@@ -385,9 +397,7 @@ class TableSource(Source):
             index += 1
         # Images nobody captioned: they cannot be used, but they are reported, never ignored.
         orphans = [
-            (e.key, e.kind)
-            for e in self._store().scan()
-            if e.key.lower().endswith(_IMAGE_SUFFIXES) and e.key not in referenced
+            (e.key, e.kind) for e in self._scan() if e.key.lower().endswith(_IMAGE_SUFFIXES) and e.key not in referenced
         ]
         for start in range(0, len(orphans), _CHUNK_ROWS):
             batch_o = orphans[start : start + _CHUNK_ROWS]
@@ -625,5 +635,22 @@ def make_source(spec: str, config: Config) -> Source:
     except StoreError as exc:
         raise SourceError(f"source {spec!r}: {exc}") from None
     if spec.lower().endswith(_TABLE_SUFFIXES):
-        return TableSource(spec, config.storage, config.data.max_image_bytes)
+        folder = split_parent(spec)[0]
+        own = sorted({p for p in (_below(folder, config.store_root()), _below(folder, config.workspace)) if p})
+        return TableSource(spec, config.storage, config.data.max_image_bytes, tuple(own))
     return ShardSource(spec, config.storage)
+
+
+def _below(folder: str, uri: str) -> str | None:
+    """`uri`'s key prefix under `folder` (both normalised), or None when it is not inside it.
+
+    A workspace inside the source folder (`--source captions.csv` with the default `./photogenic-workspace`)
+    holds this run's own outputs: they are neither part of the source's identity nor images to ingest.
+    """
+    try:
+        scheme, rest = split_uri(uri)
+    except StoreError:
+        return None
+    full = f"s3://{rest.rstrip('/')}" if scheme == "s3" else rest.rstrip("/")
+    base = folder.rstrip("/") + "/"
+    return full[len(base) :] if full.startswith(base) and len(full) > len(base) else None
