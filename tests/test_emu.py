@@ -261,6 +261,9 @@ def test_outcome_table_and_compare_count_wins_ties_and_losses(emu: dict[str, Any
     table = outcome_table(outcomes, np.arange(6), samples=500)
     assert table["win"] == pytest.approx(4 / 6) and table["tie"] == pytest.approx(1 / 6)
     assert table["win_lo"] <= table["win"] <= table["win_hi"]
+    assert table["net"] == pytest.approx(3 / 6) and table["net_lo"] <= table["net"] <= table["net_hi"]
+    even = outcome_table(np.array([1, -1] * 20), np.arange(40), samples=500)
+    assert even["net"] == 0 and even["net_lo"] < 0 < even["net_hi"]
     prompts = benchmark_prompts(config)[:4]
     a = np.array([0.9, 0.5, 0.5, 0.1])
     tables, rows = compare(a, a - 0.2, np.array([1, 1, 0, 0]), np.array([1, 0, 1, 0]), prompts, 1, config, 0.05)

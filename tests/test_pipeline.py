@@ -266,24 +266,35 @@ def test_pipeline_run_rejects_a_bad_override_before_contacting_any_server() -> N
     assert result.exit_code != 0 and "unknown config key 'train.nope'" in str(result.exception or result.output)
 
 
-def test_the_registration_gate() -> None:
+def test_the_registration_gate_reads_interval_bounds() -> None:
     from photogenic.tasks import gate
 
-    good = {"metrics": {"appeal_win_lo": 0.62, "faithfulness_win": 0.1, "faithfulness_loss": 0.08}, "trustworthy": True}
-    assert gate(good) == (True, "passed")
-    held_out = {"metrics": {**good["metrics"], "faithfulness_held_out_win": 0.2, "faithfulness_held_out_loss": 0.2}}
+    faith = {
+        "faithfulness_win": 0.1,
+        "faithfulness_loss": 0.2,
+        "faithfulness_net_lo": -0.25,
+        "faithfulness_net_hi": 0.05,
+    }
+    good = {"metrics": {"appeal_win_lo": 0.62, **faith}, "trustworthy": True}
+    assert gate(good) == (True, "passed")  # more losses than wins, but the interval does not lie below zero
+    held = {"faithfulness_held_out_win": 0.2, "faithfulness_held_out_net_lo": -0.1, "faithfulness_held_out_net_hi": 0.0}
+    held_out = {"metrics": {**good["metrics"], **held}}
     assert gate({**good, **held_out}) == (True, "passed")
     for change, reason in [
         ({"metrics": {**good["metrics"], "appeal_win_lo": 0.5}}, "not above 0.5"),
-        ({"metrics": {**good["metrics"], "faithfulness_loss": 0.2}}, "faithfulness is worse"),
+        (
+            {"metrics": {**good["metrics"], "faithfulness_net_hi": -0.01}},
+            "faithfulness is worse: the 95% interval of wins minus losses, [-0.250, -0.010], lies below zero",
+        ),
+        ({"metrics": {"appeal_win_lo": 0.62, "faithfulness_win": 0.2, "faithfulness_loss": 0.1}}, "evaluate again"),
         ({"trustworthy": False}, "failed their validity check"),
         (
-            {"metrics": {**held_out["metrics"], "faithfulness_held_out_loss": 0.3}},
+            {"metrics": {**held_out["metrics"], "faithfulness_held_out_net_hi": -0.02}},
             "faithfulness is worse on the held-out concepts",
         ),
     ]:
         passed, why = gate({**good, **change})
-        assert not passed and reason in why
+        assert not passed and reason in why, why
 
 
 def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Path) -> None:
@@ -297,7 +308,7 @@ def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Pat
     assert open_pipeline_run(config, "kfp-run-1", "0.1.0") == parent  # a retried task finds its run
     model = {"model_uri": str(tmp_path / "model"), "fingerprint": "abc"}
     passing = {
-        "metrics": {"appeal_win_lo": 0.7, "faithfulness_win": 0.2, "faithfulness_loss": 0.1},
+        "metrics": {"appeal_win_lo": 0.7, "faithfulness_net_lo": 0.02, "faithfulness_net_hi": 0.18},
         "trustworthy": True,
     }
     failing = {**passing, "trustworthy": False}

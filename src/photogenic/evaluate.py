@@ -46,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_EVAL_VERSION = 1
+_EVAL_VERSION = 2  # 2: wins-minus-losses intervals (the gate reads them)
 _PARAPHRASES = (  # wordings that no training caption uses
     "{ac} {s} shown in front of {ab} background",
     "picture of {ac} {s}, {b} all around it",
@@ -106,8 +106,12 @@ def _faithful(judge: Judge, scores: dict[str, np.ndarray], prompts: list[Prompt]
 
 
 def outcome_table(outcomes: np.ndarray, groups: np.ndarray, samples: int, seed: int = 0) -> dict[str, float]:
-    """Win, tie and loss rates of outcomes in {+1, 0, -1}, each with a bootstrap 95% interval that resamples
-    `groups` (prompts) with replacement."""
+    """Win, tie and loss rates of outcomes in {+1, 0, -1}, and `net` (wins minus losses), each with a
+    bootstrap 95% interval that resamples `groups` (prompts) with replacement.
+
+    `net` has its own interval because "not worse" is a claim about the difference: the intervals of
+    wins and of losses overlap long before the difference's interval leaves zero.
+    """
     n = len(outcomes)
     rates = {"n": float(n)}
     if n == 0:
@@ -115,13 +119,14 @@ def outcome_table(outcomes: np.ndarray, groups: np.ndarray, samples: int, seed: 
     keys = np.unique(groups)
     members = [np.flatnonzero(groups == g) for g in keys]
     rng = np.random.default_rng(seed)
-    boot = np.empty((samples, 3))
+    boot = np.empty((samples, 4))
     for b in range(samples):
         pick = np.concatenate([members[i] for i in rng.integers(0, len(keys), len(keys))])
         o = outcomes[pick]
-        boot[b] = [(o > 0).mean(), (o == 0).mean(), (o < 0).mean()]
-    values = ((outcomes > 0).mean(), (outcomes == 0).mean(), (outcomes < 0).mean())
-    for i, (name, value) in enumerate(zip(("win", "tie", "loss"), values, strict=True)):
+        boot[b] = [(o > 0).mean(), (o == 0).mean(), (o < 0).mean(), (o > 0).mean() - (o < 0).mean()]
+    win, tie, loss = (outcomes > 0).mean(), (outcomes == 0).mean(), (outcomes < 0).mean()
+    values = (win, tie, loss, win - loss)
+    for i, (name, value) in enumerate(zip(("win", "tie", "loss", "net"), values, strict=True)):
         lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
         rates.update({name: float(value), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
     return rates
@@ -399,13 +404,14 @@ def _png_tag(image: Any) -> str:
 
 
 def _table_html(tables: dict[str, dict[str, float]], names: list[str]) -> str:
-    head = "<tr><th>comparison</th><th>n</th><th>win</th><th>tie</th><th>loss</th></tr>"
+    head = "<tr><th>comparison</th><th>n</th><th>win</th><th>tie</th><th>loss</th><th>win - loss</th></tr>"
     body = []
     for name in names:
         t = tables.get(name)
         if not t or "win" not in t:
             continue
-        cells = "".join(f"<td>{t[k]:.1%} [{t[k + '_lo']:.1%}, {t[k + '_hi']:.1%}]</td>" for k in ("win", "tie", "loss"))
+        keys = ("win", "tie", "loss", "net") if "net" in t else ("win", "tie", "loss")
+        cells = "".join(f"<td>{t[k]:.1%} [{t[k + '_lo']:.1%}, {t[k + '_hi']:.1%}]</td>" for k in keys)
         body.append(f"<tr><td>{html.escape(name)}</td><td>{int(t['n'])}</td>{cells}</tr>")
     return f"<table>{head}{''.join(body)}</table>"
 

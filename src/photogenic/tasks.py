@@ -347,10 +347,14 @@ def evaluate_models(config: Config, a: str, b: str, judges_uri: str, parent_run_
 
 
 def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether a candidate may become `champion`: the appeal win rate's 95% lower bound above 50%,
-    faithfulness not worse (wins >= losses) over the benchmark and, when concepts were held out of the
-    QT set, on their prompts alone (the paper's claim that quality-tuning generalises), and judges that
-    passed their validity check."""
+    """Whether a candidate may become `champion`. It reads interval bounds, never point estimates:
+
+    - appeal: the win rate's 95% lower bound is above 50%;
+    - faithfulness is not worse: the 95% interval of wins minus losses does not lie below zero, over
+      the benchmark and, when concepts were held out of the QT set, on their prompts alone (the paper's
+      claim that quality-tuning generalises);
+    - the evaluation judges passed their validity check.
+    """
     m = evaluation["metrics"]
     reasons = []
     if not m.get("appeal_win_lo", 0.0) > 0.5:
@@ -359,9 +363,14 @@ def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
     if "faithfulness_held_out_win" in m:  # concepts were held out of the QT set
         checks.append(("faithfulness_held_out", " on the held-out concepts"))
     for prefix, where in checks:
-        win, loss = m.get(f"{prefix}_win", 0.0), m.get(f"{prefix}_loss", 0.0)
-        if win < loss:
-            reasons.append(f"faithfulness is worse{where} ({win:.3f} wins < {loss:.3f} losses)")
+        lo, hi = m.get(f"{prefix}_net_lo"), m.get(f"{prefix}_net_hi")
+        if lo is None or hi is None:
+            reasons.append(f"faithfulness{where} has no interval of wins minus losses (evaluate again)")
+        elif hi < 0:
+            reasons.append(
+                f"faithfulness is worse{where}: the 95% interval of wins minus losses, [{lo:+.3f}, {hi:+.3f}], "
+                "lies below zero"
+            )
     if not evaluation.get("trustworthy", False):
         reasons.append("the evaluation judges failed their validity check")
     return not reasons, "; ".join(reasons) or "passed"
