@@ -122,14 +122,17 @@ def outcome_table(outcomes: np.ndarray, groups: np.ndarray, samples: int, seed: 
     boot = np.empty((samples, 4))
     for b in range(samples):
         pick = np.concatenate([members[i] for i in rng.integers(0, len(keys), len(keys))])
-        o = outcomes[pick]
-        boot[b] = [(o > 0).mean(), (o == 0).mean(), (o < 0).mean(), (o > 0).mean() - (o < 0).mean()]
-    win, tie, loss = (outcomes > 0).mean(), (outcomes == 0).mean(), (outcomes < 0).mean()
-    values = (win, tie, loss, win - loss)
+        boot[b] = _win_tie_loss_net(outcomes[pick])
+    values = _win_tie_loss_net(outcomes)
     for i, (name, value) in enumerate(zip(("win", "tie", "loss", "net"), values, strict=True)):
         lo, hi = np.percentile(boot[:, i], [2.5, 97.5])
         rates.update({name: float(value), f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
     return rates
+
+
+def _win_tie_loss_net(outcomes: np.ndarray) -> tuple[float, float, float, float]:
+    win, tie, loss = (outcomes > 0).mean(), (outcomes == 0).mean(), (outcomes < 0).mean()
+    return win, tie, loss, win - loss
 
 
 @dataclass(frozen=True)

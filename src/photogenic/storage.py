@@ -402,6 +402,8 @@ class LocalStore(Store):
                     next_fd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 except OSError as exc:
                     folder = "/".join(parts[: i + 1])
+                    if exc.errno == errno.ENOENT:
+                        raise ObjectNotFoundError(f"no object at {self.uri(key)}") from None
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         what = "a symbolic link" if os.path.islink(self.path / folder) else "not a folder"
                         raise NotARegularFileError(

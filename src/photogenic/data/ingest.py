@@ -446,7 +446,7 @@ class PartitionSource(Source):
             raise ValueError(f"partition {self.index} of {self.of} does not exist")
         self.kind = self.source.kind
 
-    def description(self) -> dict[str, Any]:
+    def _describe(self) -> dict[str, Any]:
         return {**self.source.description(), "partition": [self.index, self.of]}
 
     def chunks(self) -> Iterator[Chunk]:

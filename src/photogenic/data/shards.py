@@ -93,7 +93,7 @@ class ShardSink:
         if self._writer is None:
             import webdataset as wds
 
-            self._tmp = tempfile.TemporaryDirectory(prefix=f"photogenic-shards-{os.getpid()}-")
+            self._tmp = scratch_dir("shards")
             self._writer = wds.ShardWriter(
                 f"{self._tmp.name}/{self.name}-%05d.tar",
                 maxcount=self.max_samples,

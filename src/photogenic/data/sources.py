@@ -82,6 +82,13 @@ class Source:
     kind = ""
 
     def description(self) -> dict[str, Any]:
+        """What identifies the input, computed once per source object: a folder source reads every file
+        for it, and ingestion asks for it several times (the request, the manifest, error messages)."""
+        if "_description" not in self.__dict__:
+            self.__dict__["_description"] = self._describe()
+        return self.__dict__["_description"]
+
+    def _describe(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def count(self) -> int | None:
@@ -107,7 +114,7 @@ class WorldSource(Source):
     storage: StorageConfig
     kind = "world"
 
-    def description(self) -> dict[str, Any]:
+    def _describe(self) -> dict[str, Any]:
         from photogenic.config import to_dict
         from photogenic.world import WORLD_VERSION
 
@@ -182,7 +189,6 @@ class TableSource(Source):
     kind = "table"
     _folder: str = ""
     _name: str = ""
-    _described: dict[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._folder, self._name = split_parent(self.table_uri)
@@ -202,28 +208,22 @@ class TableSource(Source):
     def _excluded(self, key: str) -> bool:
         return any(key == p or key.startswith(f"{p}/") for p in self.exclude)
 
-    def description(self) -> dict[str, Any]:
-        """The table's content hash and a hash of every entry under the folder: its name, kind and content
-        (sha256 of a local file's bytes, the ETag of an S3 object), never just names and sizes.
-
-        Computed once per source object: reading a local folder's files is the cost of content-keyed reuse.
-        """
-        if self._described is None:
-            self._described = self._describe()
-        return self._described
-
     def _describe(self) -> dict[str, Any]:
+        """The table's content and every entry under the folder with its kind and content (`Store.content_id`:
+        the sha256 of a local file's bytes, an S3 ETag), never just names and sizes. Files over the size cap,
+        links and special files are identified without being read: ingestion refuses them whatever they hold.
+        """
         store = self._store()
         try:
             table = store.stat(self._name)
         except ObjectNotFoundError as exc:
             raise SourceError(f"captions table {self.table_uri} does not exist") from exc
         listing = hashlib.sha256()
-        entries = [e for e in self._scan() if e.key != self._name]
-        contents = _content_ids(store, entries, self.max_image_bytes)
-        for entry, content in zip(entries, contents, strict=True):
-            listing.update(f"{entry.key}\t{entry.kind}\t{content}\n".encode())
-        table_id = _content_ids(store, [table], 1 << 62)[0]
+        for entry in self._scan():
+            if entry.key != self._name:
+                content = store.content_id(entry, self.max_image_bytes)
+                listing.update(f"{entry.key}\t{entry.kind}\t{content}\n".encode())
+        table_id = store.content_id(table, 1 << 62)
         return {"kind": "table", "uri": self.table_uri, "table": table_id, "entries": listing.hexdigest()}
 
     def rows(self) -> Iterator[TableRow]:
@@ -450,16 +450,6 @@ def _kind_of(value: Any) -> str:
     return f"a value of type {type(value).__name__} ({str(value)[:40]!r})"
 
 
-def _content_ids(store: Any, entries: list[ObjectInfo], max_bytes: int) -> list[str]:
-    """What identifies each entry's content (`Store.content_id`): an S3 ETag, or the sha256 of a local file.
-
-    Files over the size cap are never read (ingestion refuses them whatever their bytes), nor are links
-    and special files (refused whatever they point to). One thread: with a pool of two, per-file Python
-    work contends for the GIL and 20,000 small files took 3x longer (bench/results/ingest_table.md).
-    """
-    return [store.content_id(e, max_bytes) for e in entries]
-
-
 def _caption_bytes(value: Any) -> bytes | None:
     if value is None:
         return None
@@ -544,7 +534,6 @@ class ShardSource(Source):
     uri: str
     storage: StorageConfig
     kind = "shards"
-    _described: dict[str, Any] | None = field(default=None, repr=False)
 
     def _shards(self) -> list[tuple[str, ObjectInfo]]:
         if self.uri.endswith(".tar"):
@@ -559,16 +548,13 @@ class ShardSource(Source):
             raise SourceError(f"no .tar shards under {self.uri}")
         return shards
 
-    def description(self) -> dict[str, Any]:
-        """Every shard's name and content (its ETag on S3, the sha256 of its bytes locally), computed once."""
-        if self._described is not None:
-            return self._described
+    def _describe(self) -> dict[str, Any]:
+        """Every shard's name and content (its ETag on S3, the sha256 of its bytes locally)."""
         listing = hashlib.sha256()
         for parent, info in self._shards():
-            content = _content_ids(open_store(parent, self.storage), [info], 1 << 62)[0]
+            content = open_store(parent, self.storage).content_id(info, 1 << 62)
             listing.update(f"{join_uri(parent, info.key)}\t{content}\n".encode())
-        self._described = {"kind": "shards", "uri": self.uri, "shards": listing.hexdigest()}
-        return self._described
+        return {"kind": "shards", "uri": self.uri, "shards": listing.hexdigest()}
 
     def chunks(self) -> Iterator[Chunk]:
         for i, (parent, info) in enumerate(self._shards()):

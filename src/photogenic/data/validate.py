@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import io
+import itertools
 import json
 import logging
 import tempfile
@@ -274,9 +275,8 @@ def validate(
         raise ManifestError(f"dataset {manifest_uri} lists {expected} samples in its shards, but {len(rows)} were read")
     gx_result, reasons = _run_suite(rows, data) if rows else ({"success": True, "results": []}, {})
     counts = {"input": len(rows), "clean": len(rows) - len(reasons), "quarantined": len(reasons)}
-    upstream = _upstream_set_asides(source, config)
-    whole = _whole_input(source, len(rows))
-    failed = (len(reasons) + len(upstream)) / max(whole, 1)
+    whole, upstream, upstream_shown = _ingestion_set_asides(source, config, len(rows))
+    failed = (len(reasons) + upstream) / max(whole, 1)
 
     with scratch_dir("validate") as tmp:
         quarantine_list = Path(tmp, "quarantine.jsonl")
@@ -294,7 +294,7 @@ def validate(
             ObjectRef.of(store.put_bytes("gx_result.json", json.dumps(gx_result, indent=2, sort_keys=True).encode())),
             ObjectRef.of(store.put_file("quarantine.jsonl", quarantine_list)),
         ]
-        report = _html_report(manifest_uri, rows, reasons, gx_result, counts, data, upstream, whole)
+        report = _html_report(manifest_uri, rows, reasons, gx_result, counts, data, upstream, upstream_shown, whole)
         side_refs.append(ObjectRef.of(store.put_bytes("report.html", report.encode())))
         report_uri = store.uri("report.html")
         see = f"see {report_uri} and {store.uri('quarantine.jsonl')}"
@@ -303,15 +303,15 @@ def validate(
         if failed > data.max_failed_fraction or counts["clean"] == 0:
             result = ValidateResult("", "", report_uri, counts, failed)
             _log_result(run, result, report)
-            set_aside = len(reasons) + len(upstream)
+            set_aside = len(reasons) + upstream
             if counts["clean"] == 0:
                 raise ValidationFailedError(
                     f"validation of {manifest_uri} failed: no sample is clean ({whole} entered ingestion, "
-                    f"{len(upstream)} set aside there, {len(reasons)} of {len(rows)} here); {see}"
+                    f"{upstream} set aside there, {len(reasons)} of {len(rows)} here); {see}"
                 )
             raise ValidationFailedError(
                 f"validation of {manifest_uri} failed: {set_aside} of the {whole} inputs that entered ingestion "
-                f"({failed:.1%}) were set aside ({len(upstream)} at ingestion, {len(reasons)} of {len(rows)} "
+                f"({failed:.1%}) were set aside ({upstream} at ingestion, {len(reasons)} of {len(rows)} "
                 f"samples here for breaking expectations), above data.max_failed_fraction="
                 f"{data.max_failed_fraction:g}; {see}"
             )
@@ -331,19 +331,24 @@ def validate(
     return result
 
 
-def _whole_input(source: Manifest, samples: int) -> int:
-    """How many inputs entered ingestion (the duplicates it removed included); `samples` for other datasets."""
-    counts = source.counts
-    return int(counts["input"]) if source.meta.get("stage") == "ingest" and "input" in counts else samples
+_SHOWN = 500  # rows a report lists per table; the quarantine lists hold them all
 
 
-def _upstream_set_asides(source: Manifest, config: Config) -> list[dict[str, Any]]:
-    """What ingestion already quarantined, with its reasons: part of the failures this stage counts."""
-    key = source.meta.get("sidecars", {}).get("quarantine") if source.meta.get("stage") == "ingest" else None
-    if not key:
-        return []
-    with source.open(key, config.storage) as f:
-        return [json.loads(line) for line in io.TextIOWrapper(f, encoding="utf-8") if line.strip()]
+def _ingestion_set_asides(source: Manifest, config: Config, samples: int) -> tuple[int, int, list[dict[str, Any]]]:
+    """What entered ingestion and what it quarantined: (inputs, quarantined, the first `_SHOWN` reasons).
+
+    Inputs include the duplicates ingestion removed. A dataset that did not come from ingestion counts
+    its `samples` as the input, with nothing set aside before.
+    """
+    if source.meta.get("stage") != "ingest" or "input" not in source.counts:
+        return samples, 0, []
+    key = source.meta.get("sidecars", {}).get("quarantine")
+    shown = []
+    if key:
+        with source.open(key, config.storage) as f:
+            lines = (line for line in io.TextIOWrapper(f, encoding="utf-8") if line.strip())
+            shown = [json.loads(line) for line in itertools.islice(lines, _SHOWN)]
+    return int(source.counts["input"]), int(source.counts.get("quarantined", 0)), shown
 
 
 def _split(
@@ -432,7 +437,8 @@ def _html_report(
     gx_result: dict[str, Any],
     counts: dict[str, int],
     data: DataConfig,
-    upstream: list[dict[str, Any]],
+    upstream: int,
+    upstream_shown: list[dict[str, Any]],
     whole: int,
 ) -> str:
     checks, classes = [], []
@@ -454,17 +460,21 @@ def _html_report(
         for reason in why:
             kind = reason.split(" (")[0]  # group decoder messages by their first words
             by_reason[kind] = by_reason.get(kind, 0) + 1
-    shown = sorted(reasons)[:500]
+    shown = sorted(reasons)[:_SHOWN]
     failing = [[rows[i]["key"], "; ".join(reasons[i]), rows[i]["shard"]] for i in shown]
-    more = f"<p>... and {len(reasons) - 500} more in quarantine.jsonl</p>" if len(reasons) > 500 else ""
-    share = (counts["quarantined"] + len(upstream)) / max(whole, 1)
-    at_ingest = [[r.get("key", ""), "; ".join(r.get("reasons", [])), r.get("source_ref", "")] for r in upstream[:500]]
-    more_ingest = f"<p>... and {len(upstream) - 500} more in the ingested dataset's quarantine.jsonl</p>"
+    more = f"<p>... and {len(reasons) - _SHOWN} more in quarantine.jsonl</p>" if len(reasons) > _SHOWN else ""
+    share = (counts["quarantined"] + upstream) / max(whole, 1)
+    at_ingest = [[r.get("key", ""), "; ".join(r.get("reasons", [])), r.get("source_ref", "")] for r in upstream_shown]
+    more_ingest = (
+        f"<p>... and {upstream - len(upstream_shown)} more in the ingested dataset's quarantine.jsonl</p>"
+        if upstream > len(upstream_shown)
+        else ""
+    )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Photogenic validation</title>
 <style>{_CSS}</style></head><body>
 <h1>Validation report</h1>
 <p>Dataset: <code>{html.escape(uri)}</code></p>
-<p><b>{whole}</b> inputs entered ingestion; <b>{len(upstream)}</b> were quarantined there.
+<p><b>{whole}</b> inputs entered ingestion; <b>{upstream}</b> were quarantined there.
 <b>{counts["input"]}</b> samples reached validation: <b>{counts["clean"]}</b> clean,
 <b>{counts["quarantined"]}</b> quarantined. Set aside in all: {share:.2%} of the inputs (the stage fails
 above {data.max_failed_fraction:.2%}, or when no sample is clean).</p>
@@ -475,7 +485,7 @@ above {data.max_failed_fraction:.2%}, or when no sample is clean).</p>
 <h2>Quarantined here</h2>
 {_table(["key", "reasons", "shard"], failing)}{more}
 <h2>Quarantined at ingestion</h2>
-{_table(["key", "reasons", "source"], at_ingest)}{more_ingest if len(upstream) > 500 else ""}
+{_table(["key", "reasons", "source"], at_ingest)}{more_ingest}
 </body></html>
 """
 
