@@ -86,11 +86,13 @@ def evaluate(
     model_b_version: str,
     judges_uri: str,
     judges_version: str,
+    curation_judges_uri: str,
     parent_run_id: str,
     report: Output[HTML],
 ) -> NamedTuple("Outputs", [("uri", str), ("result", dict)]):
-    """Compare model A (the candidate) with model B (the reference) on the same prompts and seeds:
+    """Compare model A (the candidate) with model B (the reference) on the test split's prompts and seeds:
     visual appeal without the prompt, text faithfulness with it; win, tie and loss with 95% intervals.
+    World models are rated by the ground-truth panel, with the learned judges beside it as a proxy.
 
     Args:
         preset: the config preset.
@@ -101,6 +103,7 @@ def evaluate(
         model_b_version: its fingerprint.
         judges_uri: the evaluation judge set (never the curation one).
         judges_version: its fingerprint.
+        curation_judges_uri: the curation judge set, to report how far the two judge sets agree ("": none).
         parent_run_id: the MLflow parent run.
         report: the HTML report: side-by-side grid, tables, funnel, judge validity.
 
@@ -110,7 +113,7 @@ def evaluate(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
-    result = tasks.evaluate_models(config, model_a, model_b, judges_uri, parent_run_id)
+    result = tasks.evaluate_models(config, model_a, model_b, judges_uri, parent_run_id, curation_judges_uri)
     tasks.copy_report(result["report_uri"], report, config)
     return (result["manifest_uri"], result)
 

@@ -187,6 +187,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 model_b_version=pretrained_version,
                 judges_uri=raters.outputs["uri"],
                 judges_version=raters.outputs["version"],
+                curation_judges_uri=curation_judges.outputs["uri"],
                 parent_run_id=run_id,
             )
             data_task(network_retries(with_cluster_env(evaluation)))

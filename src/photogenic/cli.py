@@ -391,18 +391,56 @@ def curate_cmd(
 @click.option(
     "--judges", required=True, help="The evaluation judge set (`photogenic judges train --purpose evaluation`)."
 )
+@click.option(
+    "--prompts",
+    "prompts_file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Your prompt set instead of the benchmark: .txt (one a line), .jsonl (prompt, category) or .csv/.tsv "
+    "(Prompt and Category columns, as PartiPrompts).",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["test", "dev"]),
+    default="test",
+    show_default=True,
+    help="Benchmark split: test for reported results and the gate, dev for choosing a recipe.",
+)
+@click.option(
+    "--curation-judges", default=None, help="The curation judge set, to report its agreement with the others."
+)
 @click.option("--out", default=None, help="Evaluation URI (default: <store>/evaluations/<fingerprint>).")
 @_parent_option
 @config_options
 @_friendly_errors
 def evaluate_cmd(
-    config: Config, model_a: str, model_b: str, judges: str, out: str | None, parent_run_id: str | None
+    config: Config,
+    model_a: str,
+    model_b: str,
+    judges: str,
+    prompts_file: str | None,
+    split: str,
+    curation_judges: str | None,
+    out: str | None,
+    parent_run_id: str | None,
 ) -> None:
-    """Compare two models pairwise on the benchmark prompts: appeal and faithfulness win/tie/loss."""
+    """Compare two models pairwise: appeal and faithfulness win/tie/loss. World models are rated by the
+    ground-truth panel, with the learned judges beside it; real models by the imported judges."""
     from photogenic.evaluate import evaluate
 
     with _stage_run(config, "evaluate", parent_run_id) as run:
-        _echo_result(evaluate(model_a, model_b, judges, config, out=out, run=run))
+        result = evaluate(
+            model_a,
+            model_b,
+            judges,
+            config,
+            out=out,
+            run=run,
+            prompts_file=prompts_file,
+            split=split,
+            curation_judges_uri=curation_judges,
+        )
+        _echo_result(result)
 
 
 @main.group("model")

@@ -292,7 +292,11 @@ class JudgesConfig:
     epochs: int = doc("Passes over the training renders.", 12, ge=1)
     batch_size: int = doc("Renders per optimizer step.", 128, ge=1)
     learning_rate: float = doc("AdamW learning rate.", 2e-3, gt=0, le=1)
-    width: int = doc("Channels of the judge network's first block (it doubles twice).", 32, ge=4)
+    width: int = doc("Curation judges: channels of the network's first block (it doubles twice).", 32, ge=4)
+    evaluation_width: int = doc("Evaluation judges: channels of the network's first block.", 24, ge=4)
+    evaluation_blocks: int = doc(
+        "Evaluation judges: convolutions at each resolution (curation's have 1): a different network.", 2, ge=1, le=4
+    )
     curation_seed_offset: int = doc("World seed offset of the rating set the curation filters learn from.", 101)
     evaluation_seed_offset: int = doc("World seed offset of the judges' renders (never seen by curation).", 202)
 
@@ -354,8 +358,46 @@ class EvaluateConfig:
     )
     bootstrap_samples: int = doc("Bootstrap resamples for the 95% intervals.", 2_000, ge=100)
     min_judge_agreement: float = doc(
-        "Below this pairwise agreement with the oracle the report calls the result untrustworthy.", 0.9, ge=0, le=1
+        "Real-image judges and curation: below this agreement with the oracle on held-out renders a judge set "
+        "is untrustworthy.",
+        0.9,
+        ge=0,
+        le=1,
     )
+    min_panel_agreement: float = doc(
+        "World models: the learned judges are valid proxies when they agree with the panel this often on the "
+        "evaluation's own pairs (appeal and faithfulness).",
+        0.85,
+        ge=0,
+        le=1,
+    )
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    """The rater of record for world models: images explained as scenes, scored by the oracle, voted on by
+    a simulated panel (paper, section 4: 5 raters for appeal, 3 for faithfulness, majority vote)."""
+
+    appeal_raters: int = doc("Raters who vote on each pair's visual appeal (without the prompt).", 5, ge=1, le=99)
+    faithfulness_raters: int = doc("Raters who vote on each pair's text faithfulness.", 3, ge=1, le=99)
+    appeal_noise: float = doc("Std of one rater's perception of an image's appeal (oracle units, 0-1).", 0.02, ge=0)
+    rater_tie_margin: float = doc("A rater votes tie when the two images' perceived appeal is this close.", 0.02, ge=0)
+    faithfulness_error: float = doc(
+        "Probability that a rater misjudges whether one image shows its prompt.", 0.05, ge=0, le=0.5
+    )
+    max_fit_error: float = doc(
+        "Above this fit error (RMS, 0-1 units) an image is not a clean render of any scene: a defect. 0.3 is "
+        "about the 98th percentile over held-out world renders (bench/results/panel_validity.md).",
+        0.3,
+        gt=0,
+    )
+    min_explained: float = doc(
+        "The panel's verdict is trustworthy when it explains at least this share of each model's images.",
+        0.5,
+        ge=0,
+        le=1,
+    )
+    seed: int = doc("Seed of the raters' noise.", 0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -440,6 +482,7 @@ class Config:
     judges: JudgesConfig = doc("The learned judges.", JudgesConfig)
     curate: CurateConfig = doc("The curation funnel.", CurateConfig)
     evaluate: EvaluateConfig = doc("The evaluation.", EvaluateConfig)
+    panel: PanelConfig = doc("The ground-truth rater panel for world models.", PanelConfig)
     storage: StorageConfig = doc("Storage.", StorageConfig)
     tracking: TrackingConfig = doc("Experiment tracking.", TrackingConfig)
 
@@ -494,7 +537,9 @@ def tiny() -> Config:
             pretrain=dataclasses.replace(small, noise_offset=0.02, snr_gamma=5.0),
             quality_tune=dataclasses.replace(small, noise_offset=0.1, learning_rate=5e-5, validate_every=1, patience=1),
         ),
-        judges=JudgesConfig(train_samples=384, holdout_samples=256, epochs=2, batch_size=64, width=8),
+        judges=JudgesConfig(
+            train_samples=384, holdout_samples=256, epochs=2, batch_size=64, width=8, evaluation_width=6
+        ),
         curate=CurateConfig(
             min_aesthetic_score=0.0, min_caption_agreement=0.0, generalist_min_rating=0.5, specialist_min_rating=0.6
         ),

@@ -27,7 +27,6 @@ import html
 import io
 import json
 import logging
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ import numpy as np
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
 from photogenic.data.shards import ShardSink, iter_dataset
-from photogenic.judges import CONCEPTS, Judge, load_judge
+from photogenic.judges import CONCEPTS, Judge, load_judge, parse_caption
 from photogenic.manifest import (
     Manifest,
     ObjectRef,
@@ -54,9 +53,8 @@ __all__ = ["CurateResult", "ReviewNeeded", "curate", "parse_caption", "pixel_fea
 
 log = logging.getLogger(__name__)
 
-_CURATE_VERSION = 2  # 2: also publishes the rehearsal set
+_CURATE_VERSION = 3  # 2: also publishes the rehearsal set; 3: without held-out concepts
 FILTERS = ("size", "text_overlay", "noise", "sharpness", "exposure", "aesthetic", "caption_agreement")
-_WORDS = {k: {w: re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in v} for k, v in CONCEPTS.items()}
 
 
 class ReviewNeeded(RuntimeError):
@@ -94,16 +92,6 @@ class CurateResult:
     @property
     def counts(self) -> dict[str, int]:
         return {"input": self.funnel[0][1], "kept": self.funnel[-1][1]}
-
-
-def parse_caption(caption: str) -> dict[str, str]:
-    """The concepts a caption names (the first match per kind): {'shape': 'star', 'color': 'red', ...}."""
-    named = {}
-    for kind, words in _WORDS.items():
-        hits = [(m.start(), w) for w, rx in words.items() if (m := rx.search(caption))]
-        if hits:
-            named[kind] = min(hits)[1]
-    return named
 
 
 def pixel_features(images: np.ndarray) -> dict[str, np.ndarray]:
@@ -272,6 +260,14 @@ def hold_out(candidates: list[Candidate], concepts: tuple[str, ...]) -> tuple[st
     return ("held_out", sum(1 for c in candidates if c.rejected_by is None))
 
 
+def without_held_out(candidates: list[Candidate], concepts: tuple[str, ...]) -> list[Candidate]:
+    """The candidates whose caption names no held-out concept and in which the curation judges see none:
+    a held-out concept stays out of everything quality-tuning sees, rehearsal included (web captions are
+    noisy, so the caption alone would let some through)."""
+    held = set(concepts)
+    return [c for c in candidates if not (set(parse_caption(c.caption).values()) | set(c.predicted.values())) & held]
+
+
 def _thumb_tag(thumb: np.ndarray, scale: int = 3) -> str:
     from PIL import Image
 
@@ -402,7 +398,8 @@ def curate(
     if batch:
         candidates += _score(batch, judge, size)
     funnel = automatic_stage(candidates, config)
-    filtered = [c for c in candidates if c.rejected_by is None]  # the rehearsal set, before any review
+    filtered = [c for c in candidates if c.rejected_by is None]  # the review's pool
+    rehearsal_set = without_held_out(filtered, cfg.holdout_concepts)
 
     if cfg.review == "export":
         pool = sorted(filtered, key=lambda c: -c.features["aesthetic"])
@@ -428,7 +425,9 @@ def curate(
             f"curation kept no sample of {len(candidates)}: funnel {funnel}; loosen the curate thresholds"
         )
     rehearsal_store = open_store(join_uri(out, "rehearsal"), config.storage)
-    manifest, rehearsal = _publish(store, rehearsal_store, source, kept, filtered, candidates, funnel, request, config)
+    manifest, rehearsal = _publish(
+        store, rehearsal_store, source, kept, rehearsal_set, candidates, funnel, request, config
+    )
     rehearsal_uri = rehearsal_store.uri("manifest.json")
     publish(rehearsal, rehearsal_uri, config.storage)
     manifest.meta["rehearsal"] = rehearsal_uri
@@ -441,7 +440,12 @@ def curate(
         time.perf_counter() - t0,
         rehearsal_uri=rehearsal_uri,
     )
-    log.info("curate: rehearsal set of %d samples: %s", len(filtered), rehearsal_uri)
+    log.info(
+        "curate: rehearsal set of %d samples (%d named or showed a held-out concept): %s",
+        len(rehearsal_set),
+        len(filtered) - len(rehearsal_set),
+        rehearsal_uri,
+    )
     log.info("curate: %s in %.0fs", " -> ".join(f"{n} {k}" for n, k in funnel), result.seconds)
     _log(run, result, config)
     return result
@@ -460,7 +464,7 @@ def _publish(
     rehearsal_store: Any,
     source: Manifest,
     kept: list[Candidate],
-    filtered: list[Candidate],
+    rehearsal_set: list[Candidate],
     candidates: list[Candidate],
     funnel: list[tuple[str, int]],
     request: str,
@@ -469,7 +473,7 @@ def _publish(
     """Write the QT set (reviewed captions) and the rehearsal set (web captions) in one pass over the
     source; returns their manifests."""
     chosen = {c.key: c for c in kept}
-    rehearsed = {c.key: c for c in filtered}
+    rehearsed = {c.key: c for c in rehearsal_set}
     limits = (config.data.shard_max_samples, config.data.shard_max_bytes)
     with (
         ShardSink(store, "shards", *limits, name="qt") as sink,
@@ -482,12 +486,12 @@ def _publish(
                 sink.write(_curated_sample(sample, c, c.qt_caption or c.caption))
             if key in rehearsed:
                 rehearsal_sink.write(_curated_sample(sample, rehearsed[key], rehearsed[key].caption))
-    automatic = funnel[: len(FILTERS) + 2]  # input, the filters, balancing
+    automatic = funnel[: len(FILTERS) + 2] + [("held_out", len(rehearsal_set))]  # input, filters, balancing, hold-out
     rehearsal = _shard_manifest(
         rehearsal_store,
         rehearsal_sink,
         [],
-        {"input": len(candidates), "samples": len(filtered)},
+        {"input": len(candidates), "samples": len(rehearsal_set)},
         {"stage": "curate", "role": "rehearsal", "request": request, "funnel": automatic},
         source,
         config,
@@ -561,7 +565,8 @@ def _log(run: Any, result: CurateResult, config: Config | None = None) -> None:
             "photogenic.dataset.rehearsal_uri": result.rehearsal_uri,
         }
     )
-    run.log_metrics({"curate/rehearsal": dict(result.funnel)["balance"]})
+    rehearsal = read_manifest(result.rehearsal_uri, config.storage)
+    run.log_metrics({"curate/rehearsal": float(rehearsal.counts["samples"])})
     manifest = read_manifest(result.manifest_uri, config.storage if config else None)
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("funnel.json", "report.html"):

@@ -22,18 +22,26 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
-from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge
+from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge, parse_caption
 from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, reusable
+from photogenic.panel import explain_all, panel_votes
 from photogenic.storage import join_uri, open_store
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
 
 __all__ = [
+    "Judged",
     "Prompt",
+    "SPLITS",
+    "agreement",
+    "load_prompts",
+    "outcome_tables",
+    "panel_pairs",
+    "sampling_seeds",
     "EvaluateResult",
     "benchmark_prompts",
     "compare",
@@ -46,48 +54,142 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_EVAL_VERSION = 2  # 2: wins-minus-losses intervals (the gate reads them)
+_EVAL_VERSION = 3  # 2: wins-minus-losses intervals (the gate reads them); 3: the panel rates world models
 _PARAPHRASES = (  # wordings that no training caption uses
     "{ac} {s} shown in front of {ab} background",
     "picture of {ac} {s}, {b} all around it",
 )
 
 
+Split = Literal["dev", "test"]
+SPLITS: tuple[str, ...] = ("dev", "test")
+_SPLIT_SEEDS = {"test": 31_337, "dev": 4_242}  # the prompts' draws
+# Sampling seeds: the test split has its own, never used for early stopping or recipe choice (dev's).
+_SAMPLING_SEEDS = {"dev": 0, "test": 1_000_000}
+
+
 @dataclass(frozen=True)
 class Prompt:
-    """One benchmark prompt and the concepts it asks for."""
+    """One benchmark prompt and the concepts it asks for (None: the prompt does not name one)."""
 
     text: str
-    shape: str
-    color: str
-    background: str
+    shape: str | None
+    color: str | None
+    background: str | None
     paraphrase: bool
     held_out: bool
+    category: str = ""
 
 
-def benchmark_prompts(config: Config) -> list[Prompt]:
-    """The benchmark, kept apart from training: every (shape, colour) pair once in the clean wording,
-    with a background drawn by its own seed, plus as many again in paraphrases. Prompts that name a
-    concept held out of the QT set are flagged."""
-    rng = np.random.default_rng([config.world.seed, 31_337])
+def benchmark_prompts(config: Config, split: Split = "test") -> list[Prompt]:
+    """The benchmark, kept apart from training: every (shape, colour) pair once in the clean wording, with
+    a background drawn by the split's own seed, plus as many again in paraphrases. The dev split (early
+    stopping, recipe choice) never repeats a test prompt. Prompts that name a concept held out of the QT
+    set are flagged."""
+    if split not in _SPLIT_SEEDS:
+        raise ConfigError(f"unknown benchmark split {split!r}; splits: {', '.join(SPLITS)}")
+    rng = np.random.default_rng([config.world.seed, _SPLIT_SEEDS[split]])
+    taken = {p.text for p in benchmark_prompts(config, "test")} if split == "dev" else set()
+    held = set(config.curate.holdout_concepts)
+    backgrounds = list(BACKGROUNDS)
+
+    def draw(text_of: Any) -> tuple[str, str]:
+        free = [b for b in backgrounds if text_of(b) not in taken]
+        background = str(rng.choice(free))
+        return text_of(background), background
+
+    prompts = []
+    for shape in SHAPES:
+        for color in COLORS:
+            text, background = draw(lambda b, s=shape, c=color: caption_for(s, c, b))
+            prompts.append(Prompt(text, shape, color, background, False, bool({shape, color} & held), "clean"))
+    for shape in SHAPES:
+        for color in COLORS:
+            template = _PARAPHRASES[int(rng.integers(len(_PARAPHRASES)))]
+            text, background = draw(lambda b, s=shape, c=color, t=template: _paraphrase(t, s, c, b))
+            prompts.append(Prompt(text, shape, color, background, True, bool({shape, color} & held), "paraphrase"))
+    return prompts
+
+
+def _paraphrase(template: str, shape: str, color: str, background: str) -> str:
+    a = caption_for(shape, color, background).split(" on ")  # "a red circle", "a sky background"
+    return template.format(ac=a[0].rsplit(" ", 1)[0], s=shape, ab=a[1].rsplit(" ", 1)[0], b=background)
+
+
+def sampling_seeds(config: Config, split: str) -> list[int]:
+    """The sampling seeds of a split: `evaluate.seeds_per_prompt` of them, the test split's its own."""
+    base = _SAMPLING_SEEDS.get(split, _SAMPLING_SEEDS["test"])
+    return list(range(base, base + config.evaluate.seeds_per_prompt))
+
+
+_PROMPT_COLUMNS = ("prompt", "text", "caption")
+_MAX_PROMPTS = 100_000
+
+
+def load_prompts(path: str | Path, config: Config) -> list[Prompt]:
+    """A user's prompt set: one prompt a line (`.txt`), JSON lines with `prompt` (or `text`) and an optional
+    `category` (`.jsonl`), or a table with a `Prompt` column and an optional `Category` (`.csv`, or `.tsv`
+    as PartiPrompts ships). The world concepts each prompt names are read from its words.
+
+    Raises:
+        ConfigError: the file is missing, empty, or has a line or row without a prompt (named by line).
+    """
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--prompts {path}: no such file")
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, str, str]] = []  # (line, prompt, category)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        if suffix in (".csv", ".tsv"):
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+            column = next((fields[c] for c in _PROMPT_COLUMNS if c in fields), None)
+            if column is None:
+                raise ConfigError(
+                    f"--prompts {path}: no prompt column; columns are {sorted(fields)}, expected one of "
+                    f"{', '.join(_PROMPT_COLUMNS)} (any case)"
+                )
+            category = fields.get("category")
+            for row in reader:
+                rows.append((reader.line_num, row.get(column) or "", (row.get(category) or "") if category else ""))
+        elif suffix == ".jsonl":
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"--prompts {path}, line {number}: not JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise ConfigError(f"--prompts {path}, line {number}: not a JSON object")
+                text = record.get("prompt", record.get("text", ""))
+                rows.append((number, text if isinstance(text, str) else "", str(record.get("category") or "")))
+        else:
+            rows = [(n, line.rstrip("\r\n"), "") for n, line in enumerate(f, 1) if line.strip()]
+        if len(rows) > _MAX_PROMPTS:
+            raise ConfigError(f"--prompts {path}: more than {_MAX_PROMPTS} prompts")
+    if not rows:
+        raise ConfigError(f"--prompts {path}: no prompts in the file")
     held = set(config.curate.holdout_concepts)
     prompts = []
-    backgrounds = list(BACKGROUNDS)
-    for shape in SHAPES:
-        for color in COLORS:
-            background = str(rng.choice(backgrounds))
-            prompts.append(
-                Prompt(
-                    caption_for(shape, color, background), shape, color, background, False, bool({shape, color} & held)
-                )
+    for number, text, category in rows:
+        text = text.strip()
+        if not text:
+            raise ConfigError(f"--prompts {path}, line {number}: the prompt is empty")
+        named = parse_caption(text)
+        prompts.append(
+            Prompt(
+                text,
+                named.get("shape"),
+                named.get("color"),
+                named.get("background"),
+                False,
+                bool(set(named.values()) & held),
+                category.strip(),
             )
-    for shape in SHAPES:
-        for color in COLORS:
-            background = str(rng.choice(backgrounds))
-            template = _PARAPHRASES[int(rng.integers(len(_PARAPHRASES)))]
-            a = caption_for(shape, color, background).split(" on ")  # "a red circle", "a sky background"
-            text = template.format(ac=a[0].rsplit(" ", 1)[0], s=shape, ab=a[1].rsplit(" ", 1)[0], b=background)
-            prompts.append(Prompt(text, shape, color, background, True, bool({shape, color} & held)))
+        )
     return prompts
 
 
@@ -102,7 +204,7 @@ def generate(pipe: Any, prompts: list[Prompt], seeds: list[int], config: Config)
 def _faithful(judge: Judge, scores: dict[str, np.ndarray], prompts: list[Prompt], seeds: int) -> np.ndarray:
     seen = judge.concepts_of(scores)
     asked = [p for p in prompts for _ in range(seeds)]
-    return np.array([all(s[k] == getattr(p, k) for k in CONCEPTS) for s, p in zip(seen, asked, strict=True)])
+    return np.array([all(getattr(p, k) in (None, s[k]) for k in CONCEPTS) for s, p in zip(seen, asked, strict=True)])
 
 
 def outcome_table(outcomes: np.ndarray, groups: np.ndarray, samples: int, seed: int = 0) -> dict[str, float]:
@@ -162,31 +264,15 @@ def compare(
     tie_margin: float,
     faith_margin: float = 0.0,
 ) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
-    """Outcome tables (overall, held-out, per shape and colour) and per-pair rows. Faithfulness is either
-    right/wrong per image (the paper's rule: both right or both wrong is a tie) or a score per image
+    """Outcome tables (overall, held-out, per category, shape and colour) and per-pair rows. Faithfulness is
+    either right/wrong per image (the paper's rule: both right or both wrong is a tie) or a score per image
     (CLIP score) compared with `faith_margin`."""
     appeal = _outcomes(appeal_a, appeal_b, tie_margin)
     faith = _outcomes(faithful_a.astype(float), faithful_b.astype(float), faith_margin)
-    asked = [p for p in prompts for _ in range(seeds)]
-    groups = np.array([i for i in range(len(prompts)) for _ in range(seeds)])
-    held = np.array([p.held_out for p in asked])
-    samples = config.evaluate.bootstrap_samples
-    tables: dict[str, dict[str, float]] = {}
-
-    def add(name: str, mask: np.ndarray) -> None:
-        if mask.any():
-            tables[f"appeal{name}"] = outcome_table(appeal[mask], groups[mask], samples)
-            tables[f"faithfulness{name}"] = outcome_table(faith[mask], groups[mask], samples)
-
-    add("", np.ones(len(asked), dtype=bool))
-    add("/held_out", held)
-    add("/seen", ~held)
-    for kind in ("shape", "color"):
-        for value in CONCEPTS[kind]:
-            add(f"/{kind}/{value}", np.array([getattr(p, kind) == value for p in asked]))
     rows = [
         {
             "prompt": p.text,
+            "category": p.category,
             "seed": int(s),
             "held_out": p.held_out,
             "appeal_a": float(appeal_a[i]),
@@ -198,18 +284,54 @@ def compare(
         }
         for i, (p, s) in enumerate((p, s) for p in prompts for s in range(seeds))
     ]
-    return tables, rows
+    return outcome_tables(appeal, faith, prompts, seeds, config), rows
+
+
+def outcome_tables(
+    appeal: np.ndarray, faith: np.ndarray, prompts: list[Prompt], seeds: int, config: Config
+) -> dict[str, dict[str, float]]:
+    """Win/tie/loss tables of pair outcomes in {+1, 0, -1} (every prompt's `seeds` pairs in order): overall,
+    on held-out and seen concepts, per prompt category and per prompted shape and colour."""
+    asked = [p for p in prompts for _ in range(seeds)]
+    groups = np.array([i for i in range(len(prompts)) for _ in range(seeds)])
+    held = np.array([p.held_out for p in asked], dtype=bool)
+    samples = config.evaluate.bootstrap_samples
+    tables: dict[str, dict[str, float]] = {}
+
+    def add(name: str, mask: np.ndarray) -> None:
+        if mask.any():
+            tables[f"appeal{name}"] = outcome_table(appeal[mask], groups[mask], samples)
+            tables[f"faithfulness{name}"] = outcome_table(faith[mask], groups[mask], samples)
+
+    add("", np.ones(len(asked), dtype=bool))
+    add("/held_out", held)
+    add("/seen", ~held)
+    for category in sorted({p.category for p in prompts} - {""}):
+        add(f"/category/{category}", np.array([p.category == category for p in asked]))
+    for kind in ("shape", "color"):
+        for value in CONCEPTS[kind]:
+            add(f"/{kind}/{value}", np.array([getattr(p, kind) == value for p in asked]))
+    return tables
 
 
 @dataclass(frozen=True)
 class Judged:
-    """The judges' verdict on a set of pairs."""
+    """A rater's verdict on a set of pairs: the learned judges' or the ground-truth panel's."""
 
     tables: dict[str, dict[str, float]]
     rows: list[dict[str, Any]]
     metrics: dict[str, float]
     trustworthy: bool
     tie_margin: float
+
+    @property
+    def appeal(self) -> np.ndarray:
+        return np.array([r["appeal"] for r in self.rows])
+
+    @property
+    def faithful(self) -> np.ndarray:
+        """Per image, A's then B's: shows the prompt (or, for CLIP judges, the CLIP score)."""
+        return np.array([r["faithful_a"] for r in self.rows] + [r["faithful_b"] for r in self.rows])
 
 
 def judge_pairs(
@@ -244,11 +366,78 @@ def judge_pairs(
     validity = judge.meta.get("metrics", {})
     agreement = min(validity.get("appeal_pairwise_agreement", 0.0), validity.get("concept_accuracy", 0.0))
     trustworthy = agreement >= config.evaluate.min_judge_agreement
-    return Judged(tables, rows, _metrics(tables, scores, faithful, validity, margin, trustworthy), trustworthy, margin)
+    metrics = _table_metrics(tables)
+    for name in ("a", "b"):
+        metrics[f"mean_appeal_{name}"] = float(scores[name]["appeal"].mean())
+        metrics[f"faithfulness_mean_{name}"] = float(faithful[name].mean())  # concept accuracy, or CLIP score
+    return Judged(tables, rows, metrics, trustworthy, margin)
+
+
+def panel_pairs(images_a: list[Any], images_b: list[Any], prompts: list[Prompt], seeds: int, config: Config) -> Judged:
+    """The ground-truth panel's verdict on pairs of world images (`photogenic.panel`): every image explained
+    as a scene, the scene's oracle appeal and concepts, and the simulated raters' majority votes. It is
+    trustworthy when it could explain at least `panel.min_explained` of each model's images."""
+    asked = [p for p in prompts for _ in range(seeds)]
+    found = {"a": explain_all(images_a, config.panel), "b": explain_all(images_b, config.panel)}
+    appeal = {k: np.array([e.appeal for e in v]) for k, v in found.items()}
+    shows = {
+        k: np.array([e.shows(p.shape, p.color, p.background) for e, p in zip(v, asked, strict=True)])
+        for k, v in found.items()
+    }
+    identical = np.array([_same_pixels(x, y) for x, y in zip(images_a, images_b, strict=True)])
+    votes = panel_votes(appeal["a"], appeal["b"], shows["a"], shows["b"], config.panel, identical)
+    tables = outcome_tables(votes.appeal, votes.faithfulness, prompts, seeds, config)
+    rows = [
+        {
+            "prompt": p.text,
+            "category": p.category,
+            "seed": int(s),
+            "held_out": p.held_out,
+            "appeal_a": float(appeal["a"][i]),
+            "appeal_b": float(appeal["b"][i]),
+            "appeal": int(votes.appeal[i]),
+            "faithful_a": bool(shows["a"][i]),
+            "faithful_b": bool(shows["b"][i]),
+            "faithfulness": int(votes.faithfulness[i]),
+            "fit_error_a": found["a"][i].fit_error,
+            "fit_error_b": found["b"][i].fit_error,
+            "scene_a": _scene_words(found["a"][i].scene),
+            "scene_b": _scene_words(found["b"][i].scene),
+        }
+        for i, (p, s) in enumerate((p, s) for p in prompts for s in range(seeds))
+    ]
+    metrics = _table_metrics(tables)
+    explained = {}
+    for name, ex in found.items():
+        explained[name] = float(np.mean([e.explained for e in ex]))
+        metrics[f"mean_appeal_{name}"] = float(appeal[name].mean())
+        metrics[f"faithfulness_mean_{name}"] = float(shows[name].mean())
+        metrics[f"panel_explained_{name}"] = explained[name]
+        metrics[f"panel_fit_error_{name}"] = float(np.median([e.fit_error for e in ex]))
+    trustworthy = min(explained.values()) >= config.panel.min_explained
+    return Judged(tables, rows, metrics, trustworthy, config.panel.rater_tie_margin)
+
+
+def _same_pixels(a: Any, b: Any) -> bool:
+    return np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+
+
+def _scene_words(scene: Any) -> str:
+    return f"{scene.color} {scene.shape} on {scene.background}"
+
+
+def agreement(proxy: Judged, truth: Judged) -> dict[str, float]:
+    """How far a proxy's verdicts agree with the rater of record's on the same pairs: `appeal` over the
+    pairs the rater of record decides (the proxy must pick the same side; its tie counts as disagreeing),
+    `faithfulness` per image (shows the prompt or not)."""
+    decided = truth.appeal != 0
+    appeal = float(np.mean(proxy.appeal[decided] == truth.appeal[decided])) if decided.any() else float("nan")
+    faithfulness = float(np.mean(proxy.faithful.astype(bool) == truth.faithful.astype(bool)))
+    return {"appeal": appeal, "faithfulness": faithfulness}
 
 
 def _seed_list(config: Config) -> list[int]:
-    return list(range(config.evaluate.seeds_per_prompt))
+    return sampling_seeds(config, "test")
 
 
 def calibrated_tie_margin(judge: Judge, config: Config) -> float:
@@ -258,25 +447,48 @@ def calibrated_tie_margin(judge: Judge, config: Config) -> float:
 
 
 def evaluate(
-    a: str, b: str, judges_uri: str, config: Config, out: str | None = None, run: Any = None
+    a: str,
+    b: str,
+    judges_uri: str,
+    config: Config,
+    out: str | None = None,
+    run: Any = None,
+    prompts_file: str | Path | None = None,
+    split: Split = "test",
+    curation_judges_uri: str | None = None,
 ) -> EvaluateResult:
-    """Compare model A (the candidate) with model B (the reference) on the benchmark (the function behind
+    """Compare model A (the candidate) with model B (the reference) pairwise (the function behind
     `photogenic evaluate`).
+
+    World models are rated by the ground-truth panel (`photogenic.panel`); the learned judges' verdict is
+    reported beside it, with their agreement with the panel on these very pairs. Real models are rated by
+    the imported judges (CLIP score and an aesthetic predictor), and their pairs can go to people
+    (`export_pairs`).
 
     Args:
         a, b: model URIs (exported diffusers folders with a Photogenic manifest).
         judges_uri: the *evaluation* judge set (never the curation one).
-        config: the resolved config (`evaluate` section).
+        config: the resolved config (`evaluate` and `panel` sections).
         out: where to publish; default `<store>/evaluations/<request fingerprint>`.
         run: an optional tracking Run for the metrics and the report.
+        prompts_file: a user's prompt set (`load_prompts`) instead of the benchmark; its sampling seeds are
+            the test split's.
+        split: the benchmark split: `test` (reported results, the gate) or `dev` (recipe choice).
+        curation_judges_uri: the curation judge set, to report how far the two judge sets agree.
     """
     t0 = time.perf_counter()
-    judge_manifest = read_manifest(manifest_file(judges_uri))
+    judge_manifest = read_manifest(manifest_file(judges_uri), config.storage)
     if judge_manifest.meta.get("purpose") != "evaluation":
         raise ConfigError(
             f"{judges_uri} is a {judge_manifest.meta.get('purpose')!r} judge set; evaluation needs the "
             "evaluation judges (trained on renders curation never saw)"
         )
+    world = judge_manifest.meta.get("kind") != "clip"
+    prompts = load_prompts(prompts_file, config) if prompts_file else benchmark_prompts(config, split)
+    split_name = "custom" if prompts_file else split
+    if world:
+        _check_world_prompts(prompts, prompts_file)
+    curation = read_manifest(manifest_file(curation_judges_uri), config.storage) if curation_judges_uri else None
     versions = [read_manifest(join_uri(m, "manifest.json"), config.storage).fingerprint for m in (a, b)]
     request = fingerprint(
         {
@@ -284,7 +496,11 @@ def evaluate(
             "a": versions[0],
             "b": versions[1],
             "judges": judge_manifest.fingerprint,
+            "curation_judges": curation.fingerprint if curation else None,
             "evaluate": to_dict(config.evaluate),
+            "panel": to_dict(config.panel) if world else None,
+            "split": split_name,
+            "prompts": [(p.text, p.category) for p in prompts],
             "holdout": list(config.curate.holdout_concepts),
         }
     )
@@ -304,21 +520,68 @@ def evaluate(
     from photogenic.train.trainer import load_model_pipeline
 
     judge = load_judge(judges_uri, config)
-    prompts = benchmark_prompts(config)
-    seeds = _seed_list(config)
+    seeds = sampling_seeds(config, split_name)
     images = {}
     for name, uri in (("a", a), ("b", b)):
         images[name] = generate(load_model_pipeline(uri, config), prompts, seeds, config)
     judged = judge_pairs(judge, images["a"], images["b"], prompts, len(seeds), config)
-    tables, rows, metrics, trustworthy = judged.tables, judged.rows, judged.metrics, judged.trustworthy
-    margin, validity = judged.tie_margin, judge.meta.get("metrics", {})
+    validity = judge.meta.get("metrics", {})
+    proxies = {"judges": judged}
+    if curation is not None:
+        proxies["curation judges"] = judge_pairs(
+            load_judge(curation_judges_uri, config), images["a"], images["b"], prompts, len(seeds), config
+        )
+    if world:
+        record = panel_pairs(images["a"], images["b"], prompts, len(seeds), config)
+        metrics = dict(record.metrics)
+        metrics.update({f"judge_{k}": v for k, v in judged.metrics.items()})
+        agreements = {name: agreement(proxy, record) for name, proxy in proxies.items()}
+        judges_valid = min(agreements["judges"].values()) >= config.evaluate.min_panel_agreement
+        for name, values in agreements.items():
+            prefix = "judge" if name == "judges" else "curation_judge"
+            metrics.update({f"{prefix}_panel_{k}_agreement": v for k, v in values.items()})
+        metrics["judges_valid"] = float(judges_valid)
+    else:
+        record, agreements, judges_valid = judged, {}, judged.trustworthy
+        metrics = dict(judged.metrics)
+    if curation is not None:
+        mutual = agreement(proxies["curation judges"], judged)
+        metrics.update({f"curation_vs_evaluation_judges_{k}_agreement": v for k, v in mutual.items()})
+    metrics.update({f"judge_{k}": float(v) for k, v in validity.items()})
+    trustworthy = record.trustworthy
+    metrics.update(tie_margin=record.tie_margin, trustworthy=float(trustworthy))
+    rater = "panel" if world else "judges"
     with tempfile.TemporaryDirectory() as tmp:
         grid = side_by_side(images["a"], images["b"], prompts, seeds, rows=12)
         grid.save(Path(tmp, "side_by_side.png"))
-        doc = {"a": a, "b": b, "tie_margin": margin, "tables": tables, "pairs": rows, "judges": validity}
+        doc = {
+            "a": a,
+            "b": b,
+            "split": split_name,
+            "rater_of_record": rater,
+            "tie_margin": record.tie_margin,
+            "tables": record.tables,
+            "pairs": record.rows,
+            "judge_tables": judged.tables if world else {},
+            "judge_pairs": judged.rows if world else [],
+            "judges": validity,
+            "agreement": agreements,
+        }
         Path(tmp, "results.json").write_text(json.dumps(doc, indent=1))
         Path(tmp, "report.html").write_text(
-            report_html(a, b, tables, validity, trustworthy, margin, config, grid, _funnel_of(a, config))
+            report_html(
+                a,
+                b,
+                record,
+                judged if world else None,
+                validity,
+                agreements,
+                metrics,
+                config,
+                grid,
+                _funnel_of(a, config),
+                split_name,
+            )
         )
         refs = [
             ObjectRef.of(store.put_file(n, Path(tmp, n))) for n in ("results.json", "report.html", "side_by_side.png")
@@ -332,38 +595,48 @@ def evaluate(
         root=store.root,
         objects=tuple(refs),
         config=to_dict(config),
-        meta={"request": request, "a": a, "b": b, "metrics": metrics, "trustworthy": trustworthy},
+        meta={"request": request, "a": a, "b": b, "metrics": metrics, "trustworthy": trustworthy, "split": split_name},
     )
     publish(manifest, manifest_uri, config.storage)
     result = EvaluateResult(manifest_uri, store.uri("report.html"), metrics, trustworthy, time.perf_counter() - t0)
     log.info(
-        "evaluate: appeal win/tie/loss %.2f/%.2f/%.2f, faithfulness %.2f/%.2f/%.2f%s",
+        "evaluate (%s split, rated by the %s): appeal win/tie/loss %.2f/%.2f/%.2f, faithfulness %.2f/%.2f/%.2f%s",
+        split_name,
+        rater,
         *(metrics[f"appeal_{k}"] for k in ("win", "tie", "loss")),
         *(metrics[f"faithfulness_{k}"] for k in ("win", "tie", "loss")),
-        "" if trustworthy else " (judges below the agreement bar: NOT trustworthy)",
+        "" if trustworthy else " (NOT trustworthy)",
     )
+    if world:
+        log.info(
+            "evaluate: the judges agree with the panel on %.2f of decided appeal pairs, %.2f of faithfulness "
+            "verdicts%s",
+            metrics["judge_panel_appeal_agreement"],
+            metrics["judge_panel_faithfulness_agreement"],
+            "" if judges_valid else f" (below {config.evaluate.min_panel_agreement}: not valid proxies here)",
+        )
     _log(run, result, store)
     return result
 
 
-def _metrics(
-    tables: dict[str, dict[str, float]],
-    scores: dict[str, dict[str, np.ndarray]],
-    faithful: dict[str, np.ndarray],
-    validity: dict[str, float],
-    margin: float,
-    trustworthy: bool,
-) -> dict[str, float]:
+def _check_world_prompts(prompts: list[Prompt], source: Any) -> None:
+    """World models are rated on what a prompt names: a prompt that names no shape, colour or background
+    could never be right or wrong."""
+    for i, p in enumerate(prompts):
+        if p.shape is None and p.color is None and p.background is None:
+            where = f"--prompts {source}, prompt {i + 1}" if source else f"benchmark prompt {i + 1}"
+            raise ConfigError(
+                f"{where} ({p.text!r}) names no shape, colour or background of the world; world models are "
+                f"rated on those ({', '.join(SHAPES)}; {', '.join(COLORS)}; {', '.join(BACKGROUNDS)})"
+            )
+
+
+def _table_metrics(tables: dict[str, dict[str, float]]) -> dict[str, float]:
     """Flat metric names that compare directly across runs in the MLflow UI."""
     out: dict[str, float] = {}
     for table in ("appeal", "faithfulness", "appeal/held_out", "faithfulness/held_out"):
         for k, v in tables.get(table, {}).items():
             out[f"{table.replace('/', '_')}_{k}"] = v
-    for name in ("a", "b"):
-        out[f"mean_appeal_{name}"] = float(scores[name]["appeal"].mean())
-        out[f"faithfulness_mean_{name}"] = float(faithful[name].mean())  # concept accuracy, or CLIP score
-    out.update({f"judge_{k}": float(v) for k, v in validity.items()})
-    out.update(tie_margin=margin, trustworthy=float(trustworthy))
     return out
 
 
@@ -422,35 +695,74 @@ def _table_html(tables: dict[str, dict[str, float]], names: list[str]) -> str:
 def report_html(
     a: str,
     b: str,
-    tables: dict[str, dict[str, float]],
+    record: Judged,
+    judged: Judged | None,
     validity: dict[str, float],
-    trustworthy: bool,
-    margin: float,
+    agreements: dict[str, dict[str, float]],
+    metrics: dict[str, float],
     config: Config,
     grid: Any,
     funnel: list[tuple[str, int]],
+    split: str,
 ) -> str:
-    """The evaluation report: verdict on the judges, the tables, the funnel and the side-by-side grid."""
+    """The evaluation report: the rater of record's tables (the ground-truth panel for world models, the
+    imported judges for real ones), the learned judges beside them with their agreement, the funnel and the
+    side-by-side grid."""
     css = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px}"
     )
-    bar = config.evaluate.min_judge_agreement
-    if not validity:
-        verdict = (
-            "<p style='color:#b00'><b>NOT VALIDATED:</b> imported real-image judges have no oracle to agree with; "
-            "export the pairs for human raters (`export_pairs`) and compare their votes.</p>"
-        )
-    elif trustworthy:
-        verdict = f"<p style='color:#070'>Judges agree with the oracle on held-out renders (bar {bar}).</p>"
-    else:
-        verdict = (
-            "<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the judges agree with the oracle less than "
-            f"{bar} on held-out renders.</p>"
-        )
-    judge_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in sorted(validity.items()))
     main = ["appeal", "faithfulness", "appeal/seen", "faithfulness/seen", "appeal/held_out", "faithfulness/held_out"]
-    per = sorted(k for k in tables if k.count("/") == 2)
+    main += sorted(k for k in record.tables if k.split("/")[1:2] == ["category"])
+    per = sorted(k for k in record.tables if k.count("/") == 2 and "/category/" not in k)
+    if judged is not None:  # a world model: the panel rates, the judges are proxies
+        p = config.panel
+        rater = (
+            f"<p>Rater of record: the ground-truth panel. Each image is explained as a scene of the world "
+            f"(median fit error A {metrics['panel_fit_error_a']:.3f}, B {metrics['panel_fit_error_b']:.3f}; "
+            f"explained A {metrics['panel_explained_a']:.0%}, B {metrics['panel_explained_b']:.0%}, bar "
+            f"{p.max_fit_error}), scored by the oracle, and voted on by {p.appeal_raters} raters for appeal and "
+            f"{p.faithfulness_raters} for faithfulness (majority; a split panel is a tie).</p>"
+        )
+        if not record.trustworthy:
+            rater += (
+                f"<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the panel explains fewer than "
+                f"{p.min_explained:.0%} of one model's images.</p>"
+            )
+        bar = config.evaluate.min_panel_agreement
+        agree_rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{v['appeal']:.3f}</td><td>{v['faithfulness']:.3f}</td></tr>"
+            for name, v in agreements.items()
+        )
+        if "curation_vs_evaluation_judges_appeal_agreement" in metrics:
+            agree_rows += (
+                "<tr><td>curation judges vs evaluation judges</td>"
+                f"<td>{metrics['curation_vs_evaluation_judges_appeal_agreement']:.3f}</td>"
+                f"<td>{metrics['curation_vs_evaluation_judges_faithfulness_agreement']:.3f}</td></tr>"
+            )
+        proxies = (
+            f"<h2>Learned judges (a proxy) on the same pairs</h2><p>Agreement with the panel on these pairs "
+            f"(appeal: pairs the panel decides; faithfulness: per image). Valid proxies need {bar} on both: "
+            f"<b>{'valid' if metrics.get('judges_valid') else 'NOT valid'}</b> here.</p>"
+            f"<table><tr><th>judges</th><th>appeal</th><th>faithfulness</th></tr>{agree_rows}</table>"
+            f"{_table_html(judged.tables, main[:6])}"
+        )
+    else:
+        bar = config.evaluate.min_judge_agreement
+        if not validity:
+            rater = (
+                "<p style='color:#b00'><b>NOT VALIDATED:</b> imported real-image judges have no oracle to agree "
+                "with; export the pairs for human raters (`export_pairs`) and compare their votes.</p>"
+            )
+        elif record.trustworthy:
+            rater = f"<p style='color:#070'>Judges agree with the oracle on held-out renders (bar {bar}).</p>"
+        else:
+            rater = (
+                "<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the judges agree with the oracle less than "
+                f"{bar} on held-out renders.</p>"
+            )
+        proxies = ""
+    judge_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in sorted(validity.items()))
     funnel_html = (
         "<h2>Curation funnel</h2><table>"
         + "".join(f"<tr><td>{html.escape(n)}</td><td>{k}</td></tr>" for n, k in funnel)
@@ -460,13 +772,14 @@ def report_html(
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Photogenic evaluation</title>"
-        f"<style>{css}</style></head><body><h1>A vs B</h1>"
+        f"<style>{css}</style></head><body><h1>A vs B ({html.escape(split)} split)</h1>"
         f"<p>A (candidate): <code>{html.escape(a)}</code><br>B (reference): <code>{html.escape(b)}</code></p>"
-        f"<p>Same prompt and seed for both; appeal judged without the prompt (tie margin {margin:.3f}); faithfulness "
-        f"against the prompt, both right or both wrong is a tie. Intervals: bootstrap 95% over prompts.</p>"
-        f"{verdict}<h2>Results (A's wins)</h2>{_table_html(tables, main)}<h2>Side by side</h2>{_png_tag(grid)}"
+        f"<p>Same prompt and seed for both; appeal judged without the prompt; faithfulness against the prompt, "
+        f"both right or both wrong is a tie. Intervals: bootstrap 95% over prompts.</p>"
+        f"{rater}<h2>Results (A's wins)</h2>{_table_html(record.tables, main)}{proxies}"
+        f"<h2>Side by side</h2>{_png_tag(grid)}"
         f"<h2>Judge validity (held-out renders)</h2><table>{judge_rows}</table>{funnel_html}"
-        f"<h2>Per concept</h2>{_table_html(tables, per)}</body></html>"
+        f"<h2>Per concept</h2>{_table_html(record.tables, per)}</body></html>"
     )
 
 

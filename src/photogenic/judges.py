@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "AestheticMLP",
     "import_clip_judges",
     "pairwise_agreement",
+    "parse_caption",
     "train_judges",
     "validate_judge",
 ]
@@ -53,7 +55,18 @@ log = logging.getLogger(__name__)
 
 Purpose = Literal["curation", "evaluation"]
 CONCEPTS: dict[str, tuple[str, ...]] = {"shape": SHAPES, "color": tuple(COLORS), "background": tuple(BACKGROUNDS)}
-_JUDGE_VERSION = 2
+_JUDGE_VERSION = 3  # 3: independent sets (own seeds and architectures)
+_WORDS = {k: {w: re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE) for w in v} for k, v in CONCEPTS.items()}
+
+
+def parse_caption(caption: str) -> dict[str, str]:
+    """The concepts a caption names (the first match per kind): {'shape': 'star', 'color': 'red', ...}."""
+    named = {}
+    for kind, words in _WORDS.items():
+        hits = [(m.start(), w) for w, rx in words.items() if (m := rx.search(caption))]
+        if hits:
+            named[kind] = min(hits)[1]
+    return named
 
 
 class JudgeNet(nn.Module):
@@ -61,7 +74,7 @@ class JudgeNet(nn.Module):
     What an image shows is read from globally pooled features (average and max: the subject can be
     anywhere); appeal also sees the 4x4 feature map, because composition depends on where things are."""
 
-    def __init__(self, width: int = 32, classes: dict[str, int] | None = None) -> None:
+    def __init__(self, width: int = 32, classes: dict[str, int] | None = None, blocks: int = 1) -> None:
         super().__init__()
         classes = classes or {k: len(v) for k, v in CONCEPTS.items()}
         widths = (width, 2 * width, 4 * width)
@@ -70,9 +83,11 @@ class JudgeNet(nn.Module):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.SiLU())
 
         layers, cin = [], 3
-        for w in widths:
-            layers += [block(cin, w, 1), block(w, w, 2)]
-            cin = w
+        for w in widths:  # `blocks` convolutions at each resolution, then one that halves it
+            for _ in range(blocks):
+                layers.append(block(cin, w, 1))
+                cin = w
+            layers.append(block(w, w, 2))
         self.features = nn.Sequential(*layers)
         pooled = 2 * widths[-1]
         self.content = nn.Sequential(nn.Linear(pooled, 256), nn.SiLU(), nn.Dropout(0.1))
@@ -146,6 +161,16 @@ def judge_world(config: Config, purpose: Purpose, holdout: bool = False) -> Worl
         photogenic_rate=j.photogenic_rate,
         duplicate_rate=0.0,
     )
+
+
+def judge_architecture(config: Config, purpose: Purpose) -> tuple[int, int, int]:
+    """(width, blocks per resolution, torch seed) of a judge set. The two sets are independent: their own
+    renders (`judge_world`), their own initial weights and batch order, and a different network (the
+    evaluation judges are narrower and twice as deep), so that they do not share one model's blind spots."""
+    j = config.judges
+    if purpose == "curation":
+        return j.width, 1, config.train.seed + j.curation_seed_offset
+    return j.evaluation_width, j.evaluation_blocks, config.train.seed + j.evaluation_seed_offset
 
 
 def _loss(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -285,16 +310,19 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
         return result
 
     t0 = time.perf_counter()
-    torch.manual_seed(config.train.seed)
+    width, blocks, seed = judge_architecture(config, purpose)
+    torch.manual_seed(seed)
     world = judge_world(config, purpose)
     images, labels = labelled_renders(world, 0, world.num_samples)
-    net = JudgeNet(config.judges.width)
-    losses = fit(net, images, labels, config, config.train.seed)
+    net = JudgeNet(width, blocks=blocks)
+    losses = fit(net, images, labels, config, seed)
     meta = {
         "version": _JUDGE_VERSION,
         "purpose": purpose,
         "image_size": config.world.image_size,
-        "width": config.judges.width,
+        "width": width,
+        "blocks": blocks,
+        "seed": seed,
         "concepts": {k: list(v) for k, v in CONCEPTS.items()},
         "train_world": to_dict(world),
     }
@@ -334,7 +362,7 @@ def load_judge(uri: str, config: Config | None = None) -> Judge | ClipJudge:
     meta = json.loads(store.get_bytes("judge.json", sha256=manifest.ref("judge.json").sha256))
     if meta.get("kind") == "clip":
         return _load_clip_judge(manifest, meta, storage)
-    if meta.get("version", 2) != _JUDGE_VERSION:  # version 2 is the first published; it did not record itself
+    if meta.get("version", 2) not in (2, _JUDGE_VERSION):  # 2: the first published (it did not record itself)
         raise ConfigError(
             f"{uri} holds judges of version {meta.get('version')}; this Photogenic reads version {_JUDGE_VERSION}: "
             "train them again (`photogenic judges train`)"
@@ -342,7 +370,7 @@ def load_judge(uri: str, config: Config | None = None) -> Judge | ClipJudge:
     with tempfile.TemporaryDirectory() as tmp:
         store.get_file("judge.pt", Path(tmp, "judge.pt"), sha256=manifest.ref("judge.pt").sha256)
         state = torch.load(Path(tmp, "judge.pt"), map_location="cpu", weights_only=True)
-    net = JudgeNet(int(meta["width"]), {k: len(v) for k, v in meta["concepts"].items()})
+    net = JudgeNet(int(meta["width"]), {k: len(v) for k, v in meta["concepts"].items()}, int(meta.get("blocks", 1)))
     net.load_state_dict(state)
     return Judge(net.eval(), meta)
 

@@ -338,12 +338,16 @@ def curate_data(
     return plain({**asdict(result), "counts": result.counts})
 
 
-def evaluate_models(config: Config, a: str, b: str, judges_uri: str, parent_run_id: str) -> dict[str, Any]:
-    """Model A (candidate) against model B (reference) on the benchmark, judged by the evaluation judges."""
+def evaluate_models(
+    config: Config, a: str, b: str, judges_uri: str, parent_run_id: str, curation_judges_uri: str = ""
+) -> dict[str, Any]:
+    """Model A (candidate) against model B (reference) on the benchmark's test split: rated by the panel
+    (world models) or the evaluation judges (real ones), with the judges' agreement beside it."""
     from photogenic.evaluate import evaluate
 
     with Tracker(config).stage_run("evaluate", parent_run_id or None) as run:
-        return plain(asdict(evaluate(a, b, judges_uri, config, run=run)))
+        result = evaluate(a, b, judges_uri, config, run=run, curation_judges_uri=curation_judges_uri or None)
+        return plain(asdict(result))
 
 
 def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
@@ -353,7 +357,8 @@ def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
     - faithfulness is not worse: the 95% interval of wins minus losses does not lie below zero, over
       the benchmark and, when concepts were held out of the QT set, on their prompts alone (the paper's
       claim that quality-tuning generalises);
-    - the evaluation judges passed their validity check.
+    - the rater of record is trustworthy: the panel explained most images (world models), or the
+      imported judges passed their validity check (real models).
     """
     m = evaluation["metrics"]
     reasons = []
@@ -372,7 +377,7 @@ def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
                 "lies below zero"
             )
     if not evaluation.get("trustworthy", False):
-        reasons.append("the evaluation judges failed their validity check")
+        reasons.append("the rater of record is not trustworthy (see the evaluation report)")
     return not reasons, "; ".join(reasons) or "passed"
 
 

@@ -31,6 +31,8 @@ __all__ = [
     "labelled_renders",
     "render_sample",
     "render_scene",
+    "scene_at",
+    "shape_mask",
     "iter_world",
     "oracle_appeal",
     "clean_caption",
@@ -294,6 +296,14 @@ def _overlay_text(rng: np.random.Generator) -> str:
     return " ".join(str(w) for w in rng.choice(words, size=int(rng.integers(1, 3))))
 
 
+def shape_mask(shape: str, cx: float, cy: float, radius: float, rotation: float, size: int) -> np.ndarray:
+    """The subject's coverage of each pixel, in [0, 1], exactly as `render_scene` anti-aliases it."""
+    big = size * _SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0)
+    _draw_shape(ImageDraw.Draw(mask), shape, cx * big, cy * big, radius * big, rotation, 255)
+    return np.asarray(mask.resize((size, size), Image.BOX), dtype=np.float32) / 255.0
+
+
 def _shape_polygon(shape: str, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
     def ring(n: int, radii: list[float], offset: float) -> list[tuple[float, float]]:
         pts = []
@@ -346,10 +356,11 @@ def _grid(big: int) -> tuple[np.ndarray, np.ndarray]:
     return yy, xx
 
 
-def _render(scene: Scene, size: int) -> Image.Image:
+def _render(scene: Scene, size: int, texture: bool = True) -> Image.Image:
     big = size * _SUPERSAMPLE
     rng = np.random.default_rng(scene.detail_seed)
-    base, texture = BACKGROUNDS[scene.background]
+    base, amplitude = BACKGROUNDS[scene.background]
+    grain = amplitude if texture else 0.0
     yy, xx = _grid(big)
     # Background: base colour, a vertical gradient for depth, a coarse texture.
     gradient = 1.0 + scene.depth * 0.35 * (0.5 - yy)
@@ -361,7 +372,7 @@ def _render(scene: Scene, size: int) -> Image.Image:
         dtype=np.float32,
     )[..., None]
     img = np.asarray(base, dtype=np.float32)[None, None, :] * gradient[..., None]
-    img = img + texture * (coarse_big / 255.0 - 0.5) * 2
+    img = img + grain * (coarse_big / 255.0 - 0.5) * 2
     # Clutter: smaller, random objects behind the subject.
     for _ in range(scene.clutter):
         mask = Image.new("L", (big, big), 0)
@@ -413,9 +424,10 @@ def _render(scene: Scene, size: int) -> Image.Image:
     return out
 
 
-def render_scene(scene: Scene, size: int) -> Image.Image:
-    """Render one scene at `size` pixels (what `render_sample` does for a drawn scene)."""
-    return _render(scene, size)
+def render_scene(scene: Scene, size: int, texture: bool = True) -> Image.Image:
+    """Render one scene at `size` pixels (what `render_sample` does for a drawn scene). Without `texture`
+    the background is its base colour and gradient only: what a scene estimator can predict of it."""
+    return _render(scene, size, texture)
 
 
 def _png(image: Image.Image) -> bytes:

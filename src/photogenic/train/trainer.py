@@ -761,16 +761,15 @@ class DiffusionTrainer(Trainer):
 
     @torch.no_grad()
     def validation_score(self, step: int) -> float:
-        """Mean appeal, under the *curation* judges, of images for held-out prompts with fixed seeds (the
-        evaluation judges stay untouched by model selection)."""
+        """Mean appeal, under the *curation* judges, of images for the benchmark's dev prompts with the dev
+        split's seeds (the evaluation judges and the test split stay untouched by model selection)."""
         if not self.judges:
             raise ConfigError(f"train.{self.name}.validate_every needs --judges: the curation judge set")
         from photogenic.judges import load_judge
 
         if not hasattr(self, "_judge"):
             self._judge = load_judge(self.judges, self.config)
-        prompts = validation_prompts(self.config.train.seed)
-        images = self._draw([(p, 10_000 + i) for i, p in enumerate(prompts)])
+        images = self._draw(validation_jobs(self.config))
         return float(self._judge.score(images)["appeal"].mean())
 
     @torch.no_grad()
@@ -830,17 +829,18 @@ _PRESERVE_SEED = 104_729  # and the order of the captions whose guidance is pres
 _REPLAY_SETTINGS = ("replay_fraction", "guidance_preservation")  # the recipe settings that read --replay-data
 
 
-def validation_prompts(seed: int, n: int = 16) -> list[str]:
-    """Clean captions of `n` concept combinations drawn with their own seed: early stopping's prompts."""
+def validation_jobs(config: Config, n: int = 16) -> list[tuple[str, int]]:
+    """Early stopping's (prompt, seed) pairs: `n` prompts of the benchmark's dev split that name no concept
+    held out of the QT set (a held-out concept stays out of everything quality-tuning sees), chosen by the
+    training seed, each with a dev sampling seed."""
     import numpy as np
 
-    from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
+    from photogenic.evaluate import benchmark_prompts, sampling_seeds
 
-    rng = np.random.default_rng([seed, 4_242])
-    return [
-        caption_for(str(rng.choice(SHAPES)), str(rng.choice(list(COLORS))), str(rng.choice(list(BACKGROUNDS))))
-        for _ in range(n)
-    ]
+    prompts = [p for p in benchmark_prompts(config, "dev") if not p.held_out]
+    pick = np.random.default_rng([config.train.seed, 4_242]).permutation(len(prompts))[:n]
+    seeds = sampling_seeds(config, "dev")
+    return [(prompts[int(i)].text, seeds[k % len(seeds)]) for k, i in enumerate(pick)]
 
 
 RECIPES: dict[str, type[Trainer]] = {
@@ -866,10 +866,14 @@ def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
 
 
 def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
-    """A recipe that stops early picks its weights by images drawn with the evaluation's sampler."""
+    """A recipe that stops early picks its weights by images of the dev prompts (`validation_jobs`), drawn
+    with the evaluation's sampler."""
     if not getattr(config.train, recipe).validate_every:
         return {}
-    return {"sampling": {"steps": config.evaluate.sampling_steps, "guidance": config.evaluate.guidance_scale}}
+    return {
+        "sampling": {"steps": config.evaluate.sampling_steps, "guidance": config.evaluate.guidance_scale},
+        "validation": validation_jobs(config),
+    }
 
 
 def _replay_uses(recipe: RecipeConfig) -> dict[str, float]:
