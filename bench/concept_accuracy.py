@@ -1,4 +1,4 @@
-"""Does a model draw what it is asked for? Concept accuracy of a model on the benchmark prompts, under the
+"""Does a model draw what it is asked for? Concept accuracy of a model on the benchmark's dev prompts, under the
 evaluation judges (shape, colour and background, each and all three), next to the judges' own accuracy
 on held-out renders.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from photogenic.config import load_config
-from photogenic.evaluate import benchmark_prompts, generate
+from photogenic.evaluate import benchmark_prompts, generate, sampling_seeds
 from photogenic.judges import CONCEPTS, load_judge
 from photogenic.train.trainer import load_model_pipeline
 
@@ -33,8 +33,8 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.preset, overrides=args.overrides)
     judge = load_judge(args.judges, config)
-    prompts = benchmark_prompts(config)
-    seeds = list(range(config.evaluate.seeds_per_prompt))
+    prompts = benchmark_prompts(config, "dev")  # it informs recipe choices: the dev split, never the test's
+    seeds = sampling_seeds(config, "dev")
     t0 = time.perf_counter()
     images = generate(load_model_pipeline(args.model, config), prompts, seeds, config)
     seconds = time.perf_counter() - t0

@@ -305,6 +305,58 @@ def test_a_model_against_itself_ties(emu: dict[str, Any]) -> None:
     assert report.count("<img") >= 1
 
 
+def test_evaluation_on_a_users_prompts_and_the_dev_split(emu: dict[str, Any], tmp_path: Path) -> None:
+    """`--prompts FILE`: the user's prompts with their categories, each category a row; the dev split has
+    its own prompts and seeds; the curation judges' agreement with the others is reported."""
+    config = _config(emu["ws"])
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(
+        '{"prompt": "a red star on a sky background", "category": "held"}\n'
+        '{"prompt": "a blue circle", "category": "simple"}\n{"prompt": "green", "category": "simple"}\n'
+    )
+    mine = evaluate(
+        emu["pretrained"],
+        emu["pretrained"],
+        emu["judges"]["evaluation"].uri,
+        config,
+        prompts_file=prompts,
+        curation_judges_uri=emu["judges"]["curation"].uri,
+    )
+    doc = json.loads(open_store(mine.manifest_uri.rsplit("/", 1)[0]).get_bytes("results.json"))
+    assert doc["split"] == "custom" and [p["prompt"] for p in doc["pairs"]][::1] == [
+        "a red star on a sky background",
+        "a blue circle",
+        "green",
+    ]
+    assert doc["tables"]["appeal/category/simple"]["n"] == 2 and doc["tables"]["appeal/held_out"]["n"] == 1
+    m = mine.metrics
+    assert 0 <= m["curation_vs_evaluation_judges_faithfulness_agreement"] <= 1
+    assert 0 <= m["judge_panel_faithfulness_agreement"] <= 1 and m["judges_valid"] in (0.0, 1.0)
+    assert "appeal/category/simple" in Path(mine.report_uri).read_text()
+    dev = evaluate(emu["pretrained"], emu["pretrained"], emu["judges"]["evaluation"].uri, config, split="dev")
+    assert dev.manifest_uri != mine.manifest_uri and read_manifest(dev.manifest_uri).meta["split"] == "dev"
+    (tmp_path / "cats.txt").write_text("a red star\na photo of a cat\n")
+    with pytest.raises(ConfigError, match=r"cats.txt, prompt 2 \('a photo of a cat'\) names no shape, colour"):
+        evaluate(
+            emu["pretrained"],
+            emu["pretrained"],
+            emu["judges"]["evaluation"].uri,
+            config,
+            prompts_file=tmp_path / "cats.txt",
+        )
+
+
+def test_the_two_judge_sets_are_independent(emu: dict[str, Any]) -> None:
+    """Own renders, own initial weights and batch order, and a different network."""
+    metas = {k: read_manifest(v.manifest_uri).meta for k, v in emu["judges"].items()}
+    cur, ev = metas["curation"], metas["evaluation"]
+    assert cur["seed"] != ev["seed"] and cur["train_world"]["seed"] != ev["train_world"]["seed"]
+    assert (cur["width"], cur["blocks"]) != (ev["width"], ev["blocks"])
+    assert set(load_judge(emu["judges"]["curation"].uri).net.state_dict()) != set(
+        load_judge(emu["judges"]["evaluation"].uri).net.state_dict()
+    )
+
+
 def test_evaluation_refuses_the_curation_judges(emu: dict[str, Any]) -> None:
     config = _config(emu["ws"])
     with pytest.raises(ConfigError, match="evaluation judges"):

@@ -87,10 +87,10 @@ def test_secret_looking_config_values_never_reach_mlflow(workspace: Path, monkey
     assert "hunter22" not in str(refused.value)
     tracker = Tracker(config)
     with tracker.stage_run("ingest", tags={"note": f"key {secret}"}) as run:
-        run.log_params({"aws_secret_access_key": "plain", "api_token": "abc", "ok": "fine"})
+        run.log_params({"aws_secret_access_key": "plain-S3cr3t", "api_token": "abc", "ok": "fine"})
     data = MlflowClient(tracker.uri).get_run(run.run_id).data
     everything = " ".join([*data.params.values(), *data.tags.values(), *data.params, *data.tags])
-    for value in (secret, "AKIAIOSFODNN7EXAMPLE", "plain"):
+    for value in (secret, "AKIAIOSFODNN7EXAMPLE", "plain-S3cr3t"):
         assert value not in everything
     assert data.params["model.text_encoder"] == REDACTED
     assert data.params["aws_secret_access_key"] == REDACTED

@@ -576,6 +576,18 @@ def format_summary(summary: dict[str, Any], config: Config) -> str:
         )
 
     judges = st["judges"]["evaluation"]["metrics"]
+    panel = "judge_panel_appeal_agreement" in m
+    rater = "ground-truth panel" if panel else "judges"
+    proxy = (
+        [
+            f"    judges (a proxy):    appeal {wtl('judge_appeal')}",
+            f"    judges vs panel on these pairs: appeal {m['judge_panel_appeal_agreement']:.3f}, faithfulness "
+            f"{m['judge_panel_faithfulness_agreement']:.3f} (valid proxies at {config.evaluate.min_panel_agreement})",
+            f"    panel explained A {m['panel_explained_a']:.0%}, B {m['panel_explained_b']:.0%} of the images",
+        ]
+        if panel
+        else []
+    )
     alias = f"alias '{reg['alias']}'" if reg["alias"] else f"no alias: {reg['gate']}"
     lines = [
         "",
@@ -590,14 +602,16 @@ def format_summary(summary: dict[str, Any], config: Config) -> str:
         "  curate      " + " -> ".join(f"{n} {k}" for n, k in cur["funnel"]),
         f"  quality-tune -> model {qt['fingerprint'][:12]}",
         "",
-        "  Quality-tuned (A) vs pretrained (B), same prompts and seeds; win / tie / loss for A [95% CI]:",
+        "  Quality-tuned (A) vs pretrained (B), test split, same prompts and seeds; win / tie / loss for A "
+        f"[95% CI], rated by the {rater}:",
         f"    visual appeal        {wtl('appeal')}",
         f"    text faithfulness    {wtl('faithfulness')}",
         f"    appeal, held-out     {wtl('appeal_held_out')}",
         f"    faithful., held-out  {wtl('faithfulness_held_out')}",
-        f"    judges vs oracle: appeal agreement {judges['appeal_pairwise_agreement']:.3f}, "
-        f"concept accuracy {judges['concept_accuracy']:.3f}"
-        + ("" if ev["trustworthy"] else "  -> NOT TRUSTWORTHY (below evaluate.min_judge_agreement)"),
+        *proxy,
+        f"    judges vs oracle (held-out renders): appeal agreement {judges['appeal_pairwise_agreement']:.3f}, "
+        f"concept accuracy {judges['concept_accuracy']:.3f}",
+        *([] if ev["trustworthy"] else ["    -> NOT TRUSTWORTHY: see the evaluation report"]),
         "",
         f"  registered model:  {reg['name']} version {reg['version']} ({alias})",
         f"  evaluation report: {ev['report_uri']}",

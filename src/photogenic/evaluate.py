@@ -429,9 +429,12 @@ def _scene_words(scene: Any) -> str:
 def agreement(proxy: Judged, truth: Judged) -> dict[str, float]:
     """How far a proxy's verdicts agree with the rater of record's on the same pairs: `appeal` over the
     pairs the rater of record decides (the proxy must pick the same side; its tie counts as disagreeing),
-    `faithfulness` per image (shows the prompt or not)."""
+    or over all pairs when it decides none (then the proxy must tie too); `faithfulness` per image (shows
+    the prompt or not)."""
     decided = truth.appeal != 0
-    appeal = float(np.mean(proxy.appeal[decided] == truth.appeal[decided])) if decided.any() else float("nan")
+    if not decided.any():
+        decided = np.ones_like(decided, dtype=bool)
+    appeal = float(np.mean(proxy.appeal[decided] == truth.appeal[decided]))
     faithfulness = float(np.mean(proxy.faithful.astype(bool) == truth.faithful.astype(bool)))
     return {"appeal": appeal, "faithfulness": faithfulness}
 

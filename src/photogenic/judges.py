@@ -280,6 +280,7 @@ def _request(config: Config, purpose: Purpose) -> str:
             "version": _JUDGE_VERSION,
             "renderer": WORLD_VERSION,
             "purpose": purpose,
+            "architecture": judge_architecture(config, purpose),
             "judges": to_dict(config.judges),
             "world": to_dict(config.world),
             "tie_margin": config.evaluate.tie_margin,

@@ -277,6 +277,14 @@ class Trainer:
                 f"config key {key!r} ({value}) needs --replay-data, the dataset to rehearse: {self.data_uri} has no "
                 f"rehearsal set beside it (`photogenic curate` publishes one); or set it to 0"
             )
+        from photogenic.manifest import read_manifest
+
+        size = read_manifest(self.replay, self.config.storage).counts.get("samples")
+        if size == 0:
+            raise ConfigError(
+                f"config key {key!r} ({value}) rehearses {self.replay}, which holds no sample (a rehearsal set "
+                "leaves out every sample showing a held-out concept); pass another --replay-data or set it to 0"
+            )
         fraction = self.recipe.replay_fraction
         counts = replay_counts(self.micro, self.dist.world_size, fraction)
         if fraction and not (sum(counts) > 0 and max(counts) < self.micro):
