@@ -27,7 +27,16 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from photogenic.config import PanelConfig
-from photogenic.world import BACKGROUNDS, COLORS, SHAPES, Scene, oracle_appeal, render_scene, shape_mask
+from photogenic.world import (
+    APPEAL_WEIGHTS,
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    Scene,
+    oracle_appeal,
+    render_scene,
+    shape_mask,
+)
 
 __all__ = [
     "Explanation",
@@ -65,7 +74,7 @@ class Explanation:
 
     scene: Scene
     fit_error: float  # RMS error of the explained scene's render (0-1 units, smoothed), outside clutter and text
-    explained: bool  # fit_error <= panel.max_fit_error
+    explained: bool  # fit_error <= panel.max_fit_error, and a scene within what the world draws
     appeal: float  # the oracle's appeal of the scene; an unexplained image carries a defect on top
 
     def shows(self, shape: str | None, color: str | None, background: str | None) -> bool:
@@ -77,9 +86,7 @@ class Explanation:
 
 def unexplained_appeal(appeal: float) -> float:
     """The oracle's appeal with one more defect factor, scored and weighted like a text overlay."""
-    from photogenic.world import _WEIGHTS
-
-    total = sum(_WEIGHTS.values())
+    total = sum(APPEAL_WEIGHTS.values())
     score, weight = _TEXT_DEFECT
     return math.exp((total * math.log(appeal) + weight * math.log(score)) / (total + weight))
 

@@ -23,6 +23,7 @@ from photogenic.config import WorldConfig
 
 __all__ = [
     "WORLD_VERSION",
+    "APPEAL_WEIGHTS",
     "SHAPES",
     "COLORS",
     "BACKGROUNDS",
@@ -122,6 +123,9 @@ class WorldSample:
     image: bytes  # PNG
     caption: str  # web-style, possibly noisy
     oracle: dict[str, Any] = field(default_factory=dict)
+
+
+APPEAL_WEIGHTS = _WEIGHTS  # public: the panel weighs an unexplained image's defect against them
 
 
 def _smoothstep(x: float, lo: float, hi: float) -> float:
