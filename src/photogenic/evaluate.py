@@ -269,7 +269,23 @@ def compare(
     (CLIP score) compared with `faith_margin`."""
     appeal = _outcomes(appeal_a, appeal_b, tie_margin)
     faith = _outcomes(faithful_a.astype(float), faithful_b.astype(float), faith_margin)
-    rows = [
+    rows = _pair_rows(prompts, seeds, appeal_a, appeal_b, appeal, faithful_a, faithful_b, faith)
+    return outcome_tables(appeal, faith, prompts, seeds, config), rows
+
+
+def _pair_rows(
+    prompts: list[Prompt],
+    seeds: int,
+    appeal_a: np.ndarray,
+    appeal_b: np.ndarray,
+    appeal: np.ndarray,
+    faithful_a: np.ndarray,
+    faithful_b: np.ndarray,
+    faith: np.ndarray,
+) -> list[dict[str, Any]]:
+    """One row per pair (every prompt's `seeds` pairs in order): the prompt, both images' scores and the
+    outcomes."""
+    return [
         {
             "prompt": p.text,
             "category": p.category,
@@ -284,7 +300,6 @@ def compare(
         }
         for i, (p, s) in enumerate((p, s) for p in prompts for s in range(seeds))
     ]
-    return outcome_tables(appeal, faith, prompts, seeds, config), rows
 
 
 def outcome_tables(
@@ -387,25 +402,23 @@ def panel_pairs(images_a: list[Any], images_b: list[Any], prompts: list[Prompt],
     identical = np.array([_same_pixels(x, y) for x, y in zip(images_a, images_b, strict=True)])
     votes = panel_votes(appeal["a"], appeal["b"], shows["a"], shows["b"], config.panel, identical)
     tables = outcome_tables(votes.appeal, votes.faithfulness, prompts, seeds, config)
-    rows = [
-        {
-            "prompt": p.text,
-            "category": p.category,
-            "seed": int(s),
-            "held_out": p.held_out,
-            "appeal_a": float(appeal["a"][i]),
-            "appeal_b": float(appeal["b"][i]),
-            "appeal": int(votes.appeal[i]),
-            "faithful_a": bool(shows["a"][i]),
-            "faithful_b": bool(shows["b"][i]),
-            "faithfulness": int(votes.faithfulness[i]),
-            "fit_error_a": found["a"][i].fit_error,
-            "fit_error_b": found["b"][i].fit_error,
-            "scene_a": _scene_words(found["a"][i].scene),
-            "scene_b": _scene_words(found["b"][i].scene),
-        }
-        for i, (p, s) in enumerate((p, s) for p in prompts for s in range(seeds))
-    ]
+    rows = _pair_rows(
+        prompts,
+        seeds,
+        appeal["a"],
+        appeal["b"],
+        votes.appeal,
+        shows["a"],
+        shows["b"],
+        votes.faithfulness,
+    )
+    for row, found_a, found_b in zip(rows, found["a"], found["b"], strict=True):
+        row.update(
+            fit_error_a=found_a.fit_error,
+            fit_error_b=found_b.fit_error,
+            scene_a=_scene_words(found_a.scene),
+            scene_b=_scene_words(found_b.scene),
+        )
     metrics = _table_metrics(tables)
     explained = {}
     for name, ex in found.items():
@@ -437,10 +450,6 @@ def agreement(proxy: Judged, truth: Judged) -> dict[str, float]:
     appeal = float(np.mean(proxy.appeal[decided] == truth.appeal[decided]))
     faithfulness = float(np.mean(proxy.faithful.astype(bool) == truth.faithful.astype(bool)))
     return {"appeal": appeal, "faithfulness": faithfulness}
-
-
-def _seed_list(config: Config) -> list[int]:
-    return sampling_seeds(config, "test")
 
 
 def calibrated_tie_margin(judge: Judge, config: Config) -> float:
@@ -545,7 +554,7 @@ def evaluate(
             metrics.update({f"{prefix}_panel_{k}_agreement": v for k, v in values.items()})
         metrics["judges_valid"] = float(judges_valid)
     else:
-        record, agreements, judges_valid = judged, {}, judged.trustworthy
+        record, agreements = judged, {}
         metrics = dict(judged.metrics)
     if curation is not None:
         mutual = agreement(proxies["curation judges"], judged)

@@ -101,18 +101,20 @@ def explain(image: Any, config: PanelConfig) -> Explanation:
     Returns:
         The explained scene, its fit error, and its appeal under the oracle.
     """
-    pixels = _as_float(image)
+    raw = _as_uint8(image)
+    pixels = raw.astype(np.float32) / 255.0
+    hsv = _hsv(pixels)  # the colour-based steps read it
     size = pixels.shape[0]
     smooth = ndimage.gaussian_filter(pixels, sigma=(0.7, 0.7, 0))
     background, exposure, depth, backdrop = _fit_background(smooth, np.ones((size, size), dtype=bool))
     foreground = _foreground(smooth, backdrop)
     background, exposure, depth, backdrop = _fit_background(smooth, ~ndimage.binary_dilation(foreground))
     foreground = _foreground(smooth, backdrop)
-    color = _subject_color(pixels, foreground)
-    subject = _subject_pixels(pixels, foreground, color)
+    color = _subject_color(hsv, foreground)
+    subject = _subject_pixels(hsv, foreground, color)
     shape, cx, cy, radius, rotation, coverage = _fit_geometry(_soft_coverage(pixels, subject, backdrop), size)
     no_text = np.zeros((size, size), dtype=bool)
-    saturation, shading, light_angle = _fit_light(pixels, coverage, cx, cy, radius, no_text)
+    saturation, shading, light_angle = _fit_light(pixels, hsv, coverage, cx, cy, radius, no_text)
     scene = Scene(
         shape=shape,
         color=color,
@@ -129,7 +131,7 @@ def explain(image: Any, config: PanelConfig) -> Explanation:
         clutter=0,
         blur=0.0,
         noise=0.0,
-        jpeg_quality=_jpeg_quality(_as_uint8(pixels)),
+        jpeg_quality=_jpeg_quality(raw),
         text="",
         photogenic=False,
         detail_seed=0,
@@ -137,7 +139,7 @@ def explain(image: Any, config: PanelConfig) -> Explanation:
     clean = render_scene(scene, size, texture=False)
     text_pixels = _text_pixels(pixels, np.asarray(clean, dtype=np.float32) / 255.0)
     if text_pixels.any():  # the overlay hides part of the subject's light
-        saturation, shading, light_angle = _fit_light(pixels, coverage, cx, cy, radius, text_pixels)
+        saturation, shading, light_angle = _fit_light(pixels, hsv, coverage, cx, cy, radius, text_pixels)
         scene = replace(scene, text="TEXT", saturation=saturation, shading=shading, light_angle=light_angle)
         clean = render_scene(scene, size, texture=False)
     blur, render = _fit_blur(pixels, clean, coverage, text_pixels, scene.jpeg_quality)
@@ -163,15 +165,11 @@ def explain_all(images: list[Any], config: PanelConfig) -> list[Explanation]:
     return [explain(image, config) for image in images]
 
 
-def _as_float(image: Any) -> np.ndarray:
+def _as_uint8(image: Any) -> np.ndarray:
     arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     if arr.ndim != 3 or arr.shape[2] != 3 or arr.shape[0] != arr.shape[1] or arr.dtype != np.uint8:
         raise ValueError(f"explain takes a square RGB uint8 image, got an array of {arr.shape} {arr.dtype}")
-    return arr.astype(np.float32) / 255.0
-
-
-def _as_uint8(pixels: np.ndarray) -> np.ndarray:
-    return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return arr
 
 
 def _rows(size: int) -> np.ndarray:
@@ -239,25 +237,24 @@ def _nearest_color(hue_degrees: np.ndarray) -> np.ndarray:
     return np.argmin(gap, axis=-1)
 
 
-def _subject_color(pixels: np.ndarray, foreground: np.ndarray) -> str:
+def _subject_color(hsv: np.ndarray, foreground: np.ndarray) -> str:
     """The colour most of the foreground's saturated pixels are nearest to, interior pixels first (edges
     blend with the background)."""
     core = ndimage.binary_erosion(foreground)
     region = core if core.sum() >= 6 else foreground
     if not region.any():
         region = np.ones_like(foreground)
-    hsv = _hsv(pixels)[region]
-    vivid = (hsv[:, 1] > 0.2) & (hsv[:, 2] > 0.12)
+    seen = hsv[region]
+    vivid = (seen[:, 1] > 0.2) & (seen[:, 2] > 0.12)
     if vivid.sum() < 3:
-        vivid = np.ones(len(hsv), dtype=bool)
-    votes = np.bincount(_nearest_color(hsv[vivid, 0] * 360), minlength=len(_HUES))
+        vivid = np.ones(len(seen), dtype=bool)
+    votes = np.bincount(_nearest_color(seen[vivid, 0] * 360), minlength=len(_HUES))
     return list(COLORS)[int(np.argmax(votes))]
 
 
-def _subject_pixels(pixels: np.ndarray, foreground: np.ndarray, color: str) -> np.ndarray:
+def _subject_pixels(hsv: np.ndarray, foreground: np.ndarray, color: str) -> np.ndarray:
     """The foreground pixels of the subject's colour, as the largest connected piece with its holes'
     edges: clutter of other colours and stray pixels fall away."""
-    hsv = _hsv(pixels)
     index = list(COLORS).index(color)
     mine = foreground & (_nearest_color(hsv[..., 0] * 360) == index) & (hsv[..., 1] > 0.15)
     labels, count = ndimage.label(ndimage.binary_closing(mine) | mine)
@@ -332,7 +329,13 @@ def _descend(shape: str, params: list[float], target: np.ndarray, size: int) -> 
 
 
 def _fit_light(
-    pixels: np.ndarray, coverage: np.ndarray, cx: float, cy: float, radius: float, hidden: np.ndarray
+    pixels: np.ndarray,
+    hsv: np.ndarray,
+    coverage: np.ndarray,
+    cx: float,
+    cy: float,
+    radius: float,
+    hidden: np.ndarray,
 ) -> tuple[float, float, float]:
     """Saturation (the subject's HSV saturation, unclipped pixels) and directional light: the renderer's
     light is linear across the subject, so a plane fitted to its values gives the strength and angle.
@@ -341,16 +344,16 @@ def _fit_light(
     inside = (coverage > 0.99) & ~hidden
     if inside.sum() < 4:
         inside = (coverage > 0.5) & ~hidden
-    hsv = _hsv(pixels)[inside]
+    seen = hsv[inside]
     unclipped = pixels[inside].max(-1) < 0.985
-    use = unclipped if unclipped.sum() >= 4 else np.ones(len(hsv), dtype=bool)
-    saturation = float(np.clip(np.median(hsv[use, 1]), 0.0, 1.0)) if len(hsv) else 0.7
+    use = unclipped if unclipped.sum() >= 4 else np.ones(len(seen), dtype=bool)
+    saturation = float(np.clip(np.median(seen[use, 1]), 0.0, 1.0)) if len(seen) else 0.7
     ys, xs = np.nonzero(inside)
     if len(xs) < 6 or use.sum() < 6:
         return saturation, 0.0, 0.0
     dx = ((xs + 0.5) / size - cx)[use] / radius
     dy = ((ys + 0.5) / size - cy)[use] / radius
-    values = hsv[use, 2]
+    values = seen[use, 2]
     design = np.stack([np.ones_like(dx), dx, dy], axis=1)
     (v0, gx, gy), *_ = np.linalg.lstsq(design, values, rcond=None)
     if v0 <= 0:
