@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # workers finish sooner even on 2 cores; a file's tests stay in one worker (they share fixtures).
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=15
 
-.PHONY: setup lint format test demo bench clean manifests images
+.PHONY: setup lint format test demo bench clean manifests images image-local base-image
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,11 +49,25 @@ manifests: setup
 	  { echo "# photogenic job render --backend $$b $(JOB_ARGS)"; \
 	    $(BIN)/photogenic job render --backend $$b $(JOB_ARGS); } > manifests/jobs/pretrain-$$b.yaml; done
 
-# Build the images (where a Docker daemon runs), write their tags to components/images.json, and
-# regenerate what names them. IMAGE_ARGS, e.g. "--registry registry.example.com/ml --push".
+# Containers (README, "Containers"): Docker, podman or buildah, whichever works here.
+# BASE_IMAGE: the CPU image's base; empty, the Dockerfile's (from a registry). Without registry access,
+# `make base-image` makes $(LOCAL_BASE) from Debian's packages (mmdebstrap).
+BASE_IMAGE ?=
+LOCAL_BASE := localhost/photogenic-python:3.11-bookworm
+IMAGE_BASE_ARG = $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
+# Build both images, write their tags to components/images.json, and regenerate what names them.
+# IMAGE_ARGS, e.g. "--registry registry.example.com/ml --push".
 images: setup
-	$(BIN)/python images/build.py $(IMAGE_ARGS)
+	$(BIN)/python images/build.py $(IMAGE_BASE_ARG) $(IMAGE_ARGS)
 	$(MAKE) manifests
+
+# The CPU image as localhost/photogenic:local, for `photogenic run --containers`; changes no file here.
+image-local: setup
+	$(BIN)/python images/build.py --local $(IMAGE_BASE_ARG) $(IMAGE_ARGS)
+
+base-image:
+	images/base-image.sh $(LOCAL_BASE)
 
 bench: setup
 	$(BIN)/python bench/ingest.py --samples 20000 --repeats 2

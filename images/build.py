@@ -1,23 +1,45 @@
 """Build the images and write their tags to components/images.json, the one place components read them.
 
-    python images/build.py [--registry ghcr.io/photogenic] [--tag TAG] [--push] [--no-build]
+    python images/build.py [--registry ghcr.io/photogenic] [--tag TAG] [--only NAME ...] [--push]
+        [--engine docker|podman|buildah] [--base-image REF] [--torch-spec SPEC] [--no-build]
+    python images/build.py --local [--base-image REF] [--torch-spec SPEC]
 
-Builds with Docker where a daemon answers; without one (or with --no-build) it only writes the tags,
-so the compiled pipeline can name images that CI builds elsewhere. Run `make manifests` afterwards:
-the compiled pipeline names the images.
+`--local` builds the CPU image as `localhost/photogenic:local` for `photogenic run --containers` and
+leaves components/images.json alone (the tags the compiled pipeline names).
+
+Builds with the first container engine that works here: a Docker daemon, else podman, else buildah
+(neither needs a daemon). Without any (or with --no-build) it only writes the tags, so the compiled
+pipeline can name images that CI builds elsewhere. Run `make manifests` afterwards: the compiled
+pipeline names the images.
+
+Behind a package mirror or a TLS-inspecting proxy, podman and buildah builds use this machine's pip
+settings: PIP_INDEX_URL goes in as a build argument, the CA bundle that PIP_CERT names is mounted over
+the image's, and a PIP_FIND_LINKS folder (wheels on disk) is mounted read-only; a CPU build of
+PyTorch among those wheels is the one the CPU image installs, unless --torch-spec says otherwise.
+Docker builds cannot mount at build time and use PyPI and the PyTorch index as they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from photogenic.pipelines.containers import LOCAL_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ("photogenic", "photogenic-train")
+ENGINES = ("docker", "podman", "buildah")
+# The build argument that names each image's base.
+BASE_ARGS = {"photogenic": "PYTHON_IMAGE", "photogenic-train": "DEVEL_IMAGE"}
+_WHEELS_IN_BUILD = "/wheels"
+_CA_IN_BUILD = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def _git(*args: str) -> str:
@@ -32,32 +54,123 @@ def default_tag() -> str:
     return f"{version('photogenic')}-{commit}" if commit else version("photogenic")
 
 
-def docker_available() -> bool:
-    if shutil.which("docker") is None:
+def engine_works(engine: str) -> bool:
+    """Docker needs its daemon to answer; podman and buildah run without one."""
+    if shutil.which(engine) is None:
         return False
-    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+    probe = [engine, "info"] if engine != "buildah" else [engine, "version"]
+    return subprocess.run(probe, capture_output=True, check=False).returncode == 0
+
+
+def find_engine(wanted: str | None = None) -> str | None:
+    if wanted:
+        if not engine_works(wanted):
+            raise SystemExit(f"--engine {wanted}: not installed here, or (docker) no daemon answers")
+        return wanted
+    return next((e for e in ENGINES if engine_works(e)), None)
+
+
+@dataclass(frozen=True)
+class PipSettings:
+    """This machine's pip settings, carried into podman and buildah builds."""
+
+    index_url: str | None
+    ca_bundle: Path | None
+    wheels: Path | None
+
+    @classmethod
+    def from_env(cls) -> PipSettings:
+        cert, links = os.environ.get("PIP_CERT"), os.environ.get("PIP_FIND_LINKS")
+        return cls(
+            index_url=os.environ.get("PIP_INDEX_URL") or None,
+            ca_bundle=Path(cert) if cert and Path(cert).is_file() else None,
+            wheels=Path(links) if links and Path(links).is_dir() else None,
+        )
+
+    def torch_on_disk(self) -> str | None:
+        """`torch==V` for the newest CPU build of PyTorch among the wheels on disk, if any."""
+        if self.wheels is None:
+            return None
+        found = sorted(self.wheels.glob("torch-*+cpu-*.whl"))
+        return f"torch=={found[-1].name.split('-')[1].split('+')[0]}" if found else None
+
+    def build_flags(self) -> list[str]:
+        flags = []
+        if self.index_url:
+            flags += ["--build-arg", f"PIP_INDEX_URL={self.index_url}"]
+        if self.ca_bundle:
+            flags += ["-v", f"{self.ca_bundle}:{_CA_IN_BUILD}:ro", "--build-arg", f"PIP_CERT={_CA_IN_BUILD}"]
+        if self.wheels:
+            flags += ["-v", f"{self.wheels}:{_WHEELS_IN_BUILD}:ro", "--build-arg", f"PIP_FIND_LINKS={_WHEELS_IN_BUILD}"]
+        return flags
+
+
+def build_command(
+    engine: str, name: str, ref: str, commit: str, base: str | None, torch_spec: str | None, pip: PipSettings
+) -> list[str]:
+    """The build command of one image, run from the repository root."""
+    verb = ["buildah", "build"] if engine == "buildah" else [engine, "build"]
+    cmd = [*verb, "-f", f"images/{name}/Dockerfile", "--build-arg", f"GIT_COMMIT={commit}", "-t", ref]
+    if base:
+        cmd += ["--build-arg", f"{BASE_ARGS[name]}={base}"]
+    if torch_spec and name == "photogenic":
+        cmd += ["--build-arg", f"TORCH_SPEC={torch_spec}"]
+    if engine != "docker":
+        cmd += ["--layers"] if engine == "buildah" else []
+        cmd += pip.build_flags()
+    return [*cmd, "."]
+
+
+def image_size(engine: str, ref: str) -> int | None:
+    inspect = ["buildah", "inspect", "--type", "image"] if engine == "buildah" else [engine, "image", "inspect"]
+    out = subprocess.run([*inspect, ref], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return None
+    info = json.loads(out.stdout)
+    info = info[0] if isinstance(info, list) else info
+    return info.get("Size") or info.get("size")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", default="ghcr.io/photogenic")
     parser.add_argument("--tag", default=None)
+    parser.add_argument("--only", nargs="+", choices=IMAGES, help="build these images only (all get tags)")
+    parser.add_argument("--engine", choices=ENGINES, default=None)
+    parser.add_argument("--base-image", default=None, help="the CPU image's base (`make base-image` makes one)")
+    parser.add_argument("--torch-spec", default=None, help="what the CPU image pip-installs for PyTorch")
     parser.add_argument("--push", action="store_true")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--local", action="store_true", help=f"build {LOCAL_IMAGE} only; write no tags")
     args = parser.parse_args(argv)
     tag = args.tag or default_tag()
     refs = {name: f"{args.registry}/{name}:{tag}" for name in IMAGES}
+    if args.local:
+        refs, args.only, args.push = {"photogenic": LOCAL_IMAGE}, ["photogenic"], False
     if not args.no_build:
-        if not docker_available():
-            print("no Docker daemon here: writing the tags only (build the images where one runs)", file=sys.stderr)
+        engine = find_engine(args.engine)
+        if engine is None:
+            print(
+                "no container engine here (a Docker daemon, podman or buildah): writing the tags only",
+                file=sys.stderr,
+            )
         else:
             commit = _git("rev-parse", "HEAD") or "unknown"
-            for name, ref in refs.items():
-                cmd = ["docker", "build", "-f", f"images/{name}/Dockerfile", "--build-arg", f"GIT_COMMIT={commit}"]
-                subprocess.run([*cmd, "-t", ref, "."], cwd=ROOT, check=True)
+            pip = PipSettings.from_env()
+            torch_spec = args.torch_spec or (pip.torch_on_disk() if engine != "docker" else None)
+            for name in args.only or IMAGES:
+                base = args.base_image if name == "photogenic" else None
+                cmd = build_command(engine, name, refs[name], commit, base, torch_spec, pip)
+                print("+", " ".join(cmd), file=sys.stderr, flush=True)
+                t0 = time.perf_counter()
+                subprocess.run(cmd, cwd=ROOT, check=True)
+                size = image_size(engine, refs[name])
+                weighs = f", {size / 1e9:.2f} GB" if size else ""
+                print(f"built {refs[name]} in {time.perf_counter() - t0:.0f} s{weighs}", file=sys.stderr)
                 if args.push:
-                    subprocess.run(["docker", "push", ref], check=True)
-    (ROOT / "components" / "images.json").write_text(json.dumps(refs, indent=2) + "\n")
+                    subprocess.run([engine, "push", refs[name]], check=True)
+    if not args.local:
+        (ROOT / "components" / "images.json").write_text(json.dumps(refs, indent=2) + "\n")
     print(json.dumps(refs, indent=2))
     return 0
 

@@ -1,4 +1,5 @@
-"""The main job on one machine: the same pipeline, run by `kfp.local` with every task a local subprocess.
+"""The main job on one machine: the same pipeline, run by `kfp.local` with every task a local subprocess,
+or a container of our image (`photogenic.pipelines.containers`).
 
 `photogenic run` calls `run_locally`. Task output goes to a log file in the workspace; the console gets
 one progress line per task, and a failing task's own error.
@@ -19,6 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from photogenic.pipelines.containers import (
+    ContainerError,
+    Containers,
+    check_image,
+    engine_api,
+    prepare_workspace,
+    task_handler,
+    use_image,
+)
+from photogenic.pipelines.containers import runner as container_runner
 
 __all__ = ["run_locally", "LocalRunError"]
 
@@ -126,8 +138,10 @@ def run_locally(
     console: TextIO | None = None,
     retries: int = 0,
     approved: str = "",
+    containers: Containers | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline through `kfp.local` (`SubprocessRunner(use_venv=False)`: this environment).
+    """Run the pipeline through `kfp.local`: every task a process in this environment
+    (`SubprocessRunner(use_venv=False)`), or with `containers` a container of our image (`DockerRunner`).
 
     Args:
         preset: the config preset.
@@ -140,12 +154,15 @@ def run_locally(
         retries: attempts after a failure for tasks that touch S3 or MLflow (the cluster pipeline has
             3); 0 here, so that a failing stage stops the run at once with its error.
         approved: with `curate.review=import`, the reviewers' JSON of approved keys.
+        containers: run each task in a container (`photogenic.pipelines.containers`).
 
     Returns:
         The summary (as `photogenic.tasks.summarize` writes it), plus `summary_path` and `log_path`.
 
     Raises:
         LocalRunError: with the failing stage's name and its own error message.
+        ContainerError: with `containers`, when no engine answers, the image is missing, or the workspace
+            is not writable for the tasks' user.
     """
     from kfp import local
 
@@ -153,19 +170,27 @@ def run_locally(
     from photogenic.pipelines.quality_tuning import build
 
     workspace = Path(workspace).expanduser().resolve()
+    if containers is not None:
+        prepare_workspace(workspace, containers.user)
     logs = workspace / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     summary = Path(summary_path).resolve() if summary_path else workspace / "summary.json"
     summary.parent.mkdir(parents=True, exist_ok=True)
     summary.unlink(missing_ok=True)  # never report an older run's summary
+    if containers is not None and not summary.is_relative_to(workspace):
+        raise ContainerError(f"--summary {summary}: in containers the summary must lie in the workspace {workspace}")
     log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
     items = [o for o in overrides if not o.startswith("workspace=")] + [f"workspace={workspace}"]
     console = console or sys.stderr
-    console.write(f"Running the pipeline locally (kfp.local); task output: {log_path}\n")
+    where = f"in containers of {containers.image}" if containers else "kfp.local"
+    console.write(f"Running the pipeline locally ({where}); task output: {log_path}\n")
     pipeline = build(pipeline_version(), retries=retries)
-    with open(log_path, "w", encoding="utf-8") as log_file, _no_process_group_env():
+    with contextlib.ExitStack() as stack:
+        runner = _runner(stack, pipeline, workspace, containers)
+        log_file = stack.enter_context(open(log_path, "w", encoding="utf-8"))
+        stack.enter_context(_no_process_group_env())
         progress = _Progress(log_file, console, _display_names(pipeline))
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"))
+        local.init(runner=runner, pipeline_root=str(workspace / "kfp"))
         try:
             with contextlib.redirect_stdout(progress), _quiet_runner_warning():
                 pipeline(
@@ -190,8 +215,25 @@ def run_locally(
         raise LocalRunError("summarize", f"the run finished but wrote no summary at {summary}", log_path)
     result = json.loads(summary.read_text())
     result["summary_path"], result["log_path"] = str(summary), str(log_path)
-    summary.write_text(json.dumps(result, indent=2))
+    # Replaced, not rewritten: in containers the summarize task (another user) owns the file.
+    fresh = summary.with_name(f".{summary.name}.{uuid.uuid4().hex[:6]}")
+    fresh.write_text(json.dumps(result, indent=2))
+    fresh.replace(summary)
     return result
+
+
+def _runner(stack: contextlib.ExitStack, pipeline: Any, workspace: Path, containers: Containers | None) -> Any:
+    """kfp.local's runner for the run; with containers, the engine's API and our task handler too, for as
+    long as `stack` lives."""
+    from kfp import local
+
+    if containers is None:
+        return local.SubprocessRunner(use_venv=False)
+    stack.enter_context(engine_api())
+    check_image(containers.image)
+    use_image(pipeline, containers.image)
+    stack.enter_context(task_handler(workspace))
+    return container_runner(containers)
 
 
 @contextlib.contextmanager

@@ -30,12 +30,34 @@ _ISOLATED_ENV = (
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["gpu"] = "needs a CUDA GPU; this machine has none"
+    if os.environ.get("PHOTOGENIC_REQUIRE_CONTAINERS") != "1":
+        missing = _container_image_missing()
+        if missing:
+            skips["containers"] = f"SKIPPED: runs tasks in containers, and {missing} (CI requires these tests)"
     for item in items:
-        if item.get_closest_marker("gpu") is not None:
-            item.add_marker(skip)
+        for marker, reason in skips.items():
+            if item.get_closest_marker(marker) is not None:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _container_image_missing() -> str | None:
+    """Why the container tests cannot run here, or None: they need an engine and `make image-local`'s image."""
+    import shutil
+    import subprocess
+
+    from photogenic.pipelines.containers import LOCAL_IMAGE
+
+    for engine in ("podman", "docker"):
+        if shutil.which(engine) is None:
+            continue
+        found = subprocess.run([engine, "image", "inspect", LOCAL_IMAGE], capture_output=True, check=False)
+        if found.returncode == 0:
+            return None
+        return f"{engine} has no image {LOCAL_IMAGE} (`make image-local`)"
+    return "no container engine is installed (podman, or Docker with its daemon)"
 
 
 @pytest.fixture(autouse=True)

@@ -538,24 +538,52 @@ def generate_cmd(
 )
 @click.option("--approved", default="", help="With curate.review=import: the reviewers' JSON of approved keys.")
 @click.option("--summary", "summary_path", default=None, help="JSON summary path (default: <workspace>/summary.json).")
+@click.option(
+    "--containers",
+    is_flag=True,
+    help="Run every task in a container of --image, as uid 10001 (Docker, or podman without a daemon).",
+)
+@click.option("--image", default=None, help="With --containers: the image (default: localhost/photogenic:local).")
 @config_options
 @_friendly_errors
 def run_cmd(
-    config: Config, source: str, partitions: int, retries: int, approved: str, summary_path: str | None
+    config: Config,
+    source: str,
+    partitions: int,
+    retries: int,
+    approved: str,
+    summary_path: str | None,
+    containers: bool,
+    image: str | None,
 ) -> None:
     """Run the pipeline on this machine through kfp.local (every stage a local task) and print a summary.
 
-    A stage that finished in an earlier run (same inputs and config) is reused, not redone.
+    A stage that finished in an earlier run (same inputs and config) is reused, not redone. With
+    --containers each task runs in our image with only a pod's environment (S3 credentials, AWS and
+    MLflow endpoints, PHOTOGENIC_STORE_ROOT), on the host's network.
     """
     from photogenic.config import overrides_from
+    from photogenic.pipelines.containers import LOCAL_IMAGE, ContainerError, Containers
     from photogenic.pipelines.local import LocalRunError, run_locally
 
+    if image and not containers:
+        raise click.UsageError("--image is for --containers")
     overrides = overrides_from(config)  # every task resolves exactly this config from preset + overrides
+    boxes = Containers(image or LOCAL_IMAGE) if containers else None
     try:
         summary = run_locally(
-            config.preset, overrides, config.workspace, source, partitions, summary_path, sys.stderr, retries, approved
+            config.preset,
+            overrides,
+            config.workspace,
+            source,
+            partitions,
+            summary_path,
+            sys.stderr,
+            retries,
+            approved,
+            containers=boxes,
         )
-    except LocalRunError as exc:
+    except (LocalRunError, ContainerError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_summary(summary, config))
 

@@ -29,9 +29,36 @@ class Dist:
 
 def torch_extensions_dir() -> str:
     """Where DeepSpeed keeps JIT-built ops: $TORCH_EXTENSIONS_DIR, else a folder in this environment,
-    so the ops `make setup` built are found by every later run."""
-    default = Path(sys.prefix) / "torch_extensions"
-    return os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default))
+    so the ops `make setup` built are found by every later run.
+
+    Loading a built op still takes a lock file beside it, so ops built into an image that the task's
+    user cannot write (ours: built as root, run as uid 10001) are copied once to a folder of that user's
+    under the temp dir, and loaded from there."""
+    path = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or Path(sys.prefix) / "torch_extensions")
+    if path.is_dir() and not _writable_tree(path):
+        path = _writable_copy(path)
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(path)
+    return str(path)
+
+
+def _writable_tree(path: Path) -> bool:
+    return all(os.access(p, os.W_OK) for p in (path, *(c for c in path.iterdir() if c.is_dir())))
+
+
+def _writable_copy(path: Path) -> Path:
+    """A copy of `path` this user can write (made once; file times kept, so nothing rebuilds)."""
+    import shutil
+    import tempfile
+
+    copy = Path(tempfile.gettempdir()) / f"photogenic-torch-extensions-{os.getuid()}"
+    if not copy.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f"{copy.name}-", dir=copy.parent))
+        shutil.copytree(path, staging, dirs_exist_ok=True)
+        try:
+            staging.rename(copy)
+        except OSError:  # another rank made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return copy
 
 
 def _free_port() -> int:

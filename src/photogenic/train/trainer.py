@@ -6,6 +6,7 @@ resumed from a checkpoint takes exactly the path an uninterrupted run would have
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import tempfile
@@ -114,6 +115,17 @@ def publish_model_dir(local: Path, out_uri: str, meta: dict[str, Any], config: C
     manifest = Manifest(kind="model", root=store.root, objects=refs, config=to_dict(config), meta=meta)
     uri = publish(manifest, store.uri("manifest.json"), config.storage)
     return uri, manifest.fingerprint
+
+
+def drop_local_paths(local: Path) -> None:
+    """diffusers and transformers write where a model was loaded from (`_name_or_path`: here a cache folder
+    in the workspace) into the configs they save; without it, the same weights exported from any workspace,
+    machine or container have the same files, hence the same version."""
+    for path in sorted(local.rglob("config.json")):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and "_name_or_path" in config:
+            del config["_name_or_path"]
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 _DIFFUSERS_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -421,6 +433,7 @@ class Trainer:
         if self.dist.is_main:
             with tempfile.TemporaryDirectory(prefix="photogenic-export-") as tmp:
                 self.export(Path(tmp))
+                drop_local_paths(Path(tmp))
                 meta = {
                     "recipe": self.name,
                     "steps": self.recipe.steps,
