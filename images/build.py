@@ -158,17 +158,27 @@ def main(argv: list[str] | None = None) -> int:
             commit = _git("rev-parse", "HEAD") or "unknown"
             pip = PipSettings.from_env()
             torch_spec = args.torch_spec or (pip.torch_on_disk() if engine != "docker" else None)
+            failed = []
             for name in args.only or IMAGES:
                 base = args.base_image if name == "photogenic" else None
                 cmd = build_command(engine, name, refs[name], commit, base, torch_spec, pip)
                 print("+", " ".join(cmd), file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
-                subprocess.run(cmd, cwd=ROOT, check=True)
+                if subprocess.run(cmd, cwd=ROOT, check=False).returncode != 0:
+                    failed.append(name)
+                    continue
                 size = image_size(engine, refs[name])
                 weighs = f", {size / 1e9:.2f} GB" if size else ""
                 print(f"built {refs[name]} in {time.perf_counter() - t0:.0f} s{weighs}", file=sys.stderr)
                 if args.push:
                     subprocess.run([engine, "push", refs[name]], check=True)
+            if failed:
+                print(
+                    f"not built: {', '.join(failed)} (see the build output above; the training image's CUDA base "
+                    "comes from Docker Hub). components/images.json is unchanged.",
+                    file=sys.stderr,
+                )
+                return 1
     if not args.local:
         (ROOT / "components" / "images.json").write_text(json.dumps(refs, indent=2) + "\n")
     print(json.dumps(refs, indent=2))

@@ -187,7 +187,7 @@ def _stages(dockerfile: Path) -> list[list[str]]:
 def test_dockerfile_rules(name: str) -> None:
     path = ROOT / "images" / name / "Dockerfile"
     text = re.sub(r"\\\n", " ", path.read_text())
-    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, flags=re.M))
+    args = {k: v.strip('"') for k, v in re.findall(r'^ARG (\w+)=("[^"]*"|\S*)', text, flags=re.M)}
     for line in re.findall(r"^FROM (\S+)", text, flags=re.M):
         image = args.get(line.strip("${}"), line)
         if image in ("build",):
@@ -205,8 +205,9 @@ def test_dockerfile_rules(name: str) -> None:
         line.split("pip install", 1)[1].split("&&")[0].split() for line in text.splitlines() if "pip install" in line
     ]
     assert any("/src" in words for words in installs), f"{name}: the package is installed from this repo"
-    # Versions pinned where the image installs something by name.
+    # Versions pinned where the image installs something by name; a build argument's default counts.
     for words in installs:
+        words = [w for word in words for w in (args[word[1:]].split() if word.startswith("$") else [word])]
         skip = False
         for word in words:
             if skip or word.startswith(("/", "-")):
