@@ -1,13 +1,13 @@
 """Does the result survive the training seed? Quality-tunes the pretrained model of a finished pipeline run
-again with other seeds (same QT set, rehearsal set, curation judges and recipe), evaluates every tuned
+with each training seed (same QT set, rehearsal set, curation judges and recipe), evaluates every tuned
 model against the pretrained one on the test split, and tabulates each seed's verdict by the
 ground-truth panel, with the learned judges' beside it.
 
-    .venv/bin/python bench/quality_tune_seeds.py [--summary photogenic-workspace/summary.json] [--seeds 1 2]
+    .venv/bin/python bench/quality_tune_seeds.py [--summary photogenic-workspace/summary.json] [--seeds 0 1 2]
         [--preset demo] [overrides ...]
 
-The run's own model (its `train.seed`) is the first row; its evaluation is the pipeline's (reused).
-Writes bench/results/quality_tune_seeds.md.
+A seed whose run already finished (the pipeline's own, with the same recipe, or an earlier call's) is
+reused, not retrained. Writes bench/results/quality_tune_seeds.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from photogenic.config import load_config
+from photogenic.config import DECODER_SIDE, load_config
 from photogenic.evaluate import evaluate
 from photogenic.train.trainer import train
 
@@ -29,7 +29,7 @@ from photogenic.train.trainer import train
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summary", default="photogenic-workspace/summary.json")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--out", default="bench/results/quality_tune_seeds.md")
     parser.add_argument("overrides", nargs="*")
@@ -39,12 +39,12 @@ def main() -> None:
     data, pretrained = stages["curate"]["manifest_uri"], stages["pretrain"]["model_uri"]
     curation, raters = stages["judges"]["curation"]["manifest_uri"], stages["judges"]["evaluation"]["manifest_uri"]
     base = load_config(args.preset, overrides=args.overrides)
-    rows = [(base.train.seed, stages["quality_tune"]["model_uri"], None)]
+    rows = []
     for seed in args.seeds:
         config = load_config(args.preset, overrides=[*args.overrides, f"train.seed={seed}"])
         t0 = time.perf_counter()
         tuned = train("quality_tune", config, data, base=pretrained, judges=curation.rsplit("/", 1)[0], progress=False)
-        rows.append((seed, tuned.model_uri, time.perf_counter() - t0))
+        rows.append((seed, tuned.model_uri, None if tuned.reused else time.perf_counter() - t0))
     results = []
     for seed, model, seconds in rows:
         result = evaluate(model, pretrained, raters.rsplit("/", 1)[0], base, curation_judges_uri=curation)
@@ -82,6 +82,7 @@ def _cells(m: dict[str, float]) -> str:
 
 def _report(args, summary, results) -> list[str]:
     stages = summary["stages"]
+    qt = load_config(args.preset, overrides=args.overrides).train.quality_tune
     lines = [
         "# Quality-tuning seeds: the test split, rated by the ground-truth panel",
         "",
@@ -91,10 +92,13 @@ def _report(args, summary, results) -> list[str]:
         "rehearsal set beside it (no held-out concept), early stopping on the dev split by the curation judges. "
         "Each quality-tuned model (A) against the pretrained one (B) on the test split "
         f"({int(results[0][3].metrics['appeal_n'])} pairs, "
-        f"{int(results[0][3].metrics['appeal_held_out_n'])} of the held-out concept).",
+        f"{int(results[0][3].metrics['appeal_held_out_n'])} of the held-out concept). Recipe: learning rate "
+        f"{qt.learning_rate:g}, rehearsal share {qt.replay_fraction:g}, "
+        f"{'decoder side (`DECODER_SIDE`)' if qt.frozen_params == DECODER_SIDE else repr(qt.frozen_params)} "
+        f"frozen, cap {qt.steps} steps.",
         "",
-        f"Command: `.venv/bin/python bench/quality_tune_seeds.py --seeds {' '.join(map(str, args.seeds))}` after "
-        "`make demo`.",
+        f"Command: `.venv/bin/python bench/quality_tune_seeds.py --seeds {' '.join(map(str, args.seeds))}"
+        f"{''.join(' ' + o for o in args.overrides)}` after `make demo`.",
         "",
         "| train.seed | QT time | appeal win / tie / loss [95% CI of win] | faithfulness win - loss [95% CI] "
         "| held-out appeal win / tie / loss | held-out faithfulness win - loss | panel explained A / B "
@@ -103,7 +107,7 @@ def _report(args, summary, results) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for seed, _, seconds, result in results:
-        when = "pipeline" if seconds is None else f"{seconds:.0f} s"
+        when = "reused" if seconds is None else f"{seconds:.0f} s"
         lines.append(f"| {seed} | {when} | {_cells(result.metrics)} |")
     wins = np.array([r.metrics["appeal_win"] for *_, r in results])
     lines += [
