@@ -7,6 +7,7 @@ PHOTOGENIC_REQUIRE_CONTAINERS=1 (CI sets it) makes them run and fail.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -122,6 +123,7 @@ def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
         + ["--artifacts-destination", str(tmp_path / "mlartifacts")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its workers are killed with it (`_stop`)
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -131,7 +133,7 @@ def _mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
             return server, url
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
+                _stop(server)
                 raise
             time.sleep(0.5)
 
@@ -176,4 +178,13 @@ def test_the_tiny_pipeline_in_containers_gives_the_subprocess_runs_datasets_and_
         assert "AWS_SECRET_ACCESS_KEY" not in log and own_s3.env()["AWS_SECRET_ACCESS_KEY"] not in log
         print(json.dumps({how: {k: stages[how][k]["fingerprint"][:12] for k in STAGES} for how in stages}))
     finally:
-        server.kill()
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """The server and the workers it started (its process group)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(10)
