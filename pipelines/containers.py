@@ -146,8 +146,8 @@ def check_image(image: str) -> None:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             raise ContainerError(
-                f"image {image} is not in the container engine: build it with `make images` "
-                "(see the README, 'Containers')"
+                f"image {image} is not in the container engine: build it with `make image-local` "
+                "(the README, 'Run in containers')"
             ) from None
 
 
