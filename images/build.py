@@ -80,11 +80,13 @@ class PipSettings:
 
     @classmethod
     def from_env(cls) -> PipSettings:
-        cert, links = os.environ.get("PIP_CERT"), os.environ.get("PIP_FIND_LINKS")
+        """From pip's environment variables, else pip's configuration files (`pip config`)."""
+        cert = _pip_setting("PIP_CERT", "global.cert")
+        links = [Path(x) for x in (_pip_setting("PIP_FIND_LINKS", "global.find-links") or "").split()]
         return cls(
-            index_url=os.environ.get("PIP_INDEX_URL") or None,
+            index_url=_pip_setting("PIP_INDEX_URL", "global.index-url"),
             ca_bundle=Path(cert) if cert and Path(cert).is_file() else None,
-            wheels=Path(links) if links and Path(links).is_dir() else None,
+            wheels=next((p for p in links if p.is_dir()), None),
         )
 
     def torch_on_disk(self) -> str | None:
@@ -103,6 +105,15 @@ class PipSettings:
         if self.wheels:
             flags += ["-v", f"{self.wheels}:{_WHEELS_IN_BUILD}:ro", "--build-arg", f"PIP_FIND_LINKS={_WHEELS_IN_BUILD}"]
         return flags
+
+
+def _pip_setting(env: str, key: str) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env]
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "get", key], capture_output=True, text=True, check=False
+    )
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
 def build_command(
