@@ -80,8 +80,9 @@ class PipSettings:
 
     @classmethod
     def from_env(cls) -> PipSettings:
-        """From pip's environment variables, else pip's configuration files (`pip config`)."""
-        cert = _pip_setting("PIP_CERT", "global.cert")
+        """From pip's environment variables, else pip's configuration files (`pip config`); the CA bundle
+        falls back to the system's."""
+        cert = _pip_setting("PIP_CERT", "global.cert") or os.environ.get("SSL_CERT_FILE") or _system_ca_bundle()
         links = [Path(x) for x in (_pip_setting("PIP_FIND_LINKS", "global.find-links") or "").split()]
         return cls(
             index_url=_pip_setting("PIP_INDEX_URL", "global.index-url"),
@@ -105,6 +106,14 @@ class PipSettings:
         if self.wheels:
             flags += ["-v", f"{self.wheels}:{_WHEELS_IN_BUILD}:ro", "--build-arg", f"PIP_FIND_LINKS={_WHEELS_IN_BUILD}"]
         return flags
+
+
+def _system_ca_bundle() -> str | None:
+    """The CA bundle this machine trusts (behind a TLS-inspecting proxy it holds the proxy's CA)."""
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    return next((f for f in (paths.cafile, paths.openssl_cafile) if f and Path(f).is_file()), None)
 
 
 def _pip_setting(env: str, key: str) -> str | None:
