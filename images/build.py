@@ -13,8 +13,9 @@ pipeline can name images that CI builds elsewhere. Run `make manifests` afterwar
 pipeline names the images.
 
 Behind a package mirror or a TLS-inspecting proxy, podman and buildah builds use this machine's pip
-settings: PIP_INDEX_URL goes in as a build argument, the CA bundle that PIP_CERT names is mounted over
-the image's, and a PIP_FIND_LINKS folder (wheels on disk) is mounted read-only; a CPU build of
+settings (their environment variables, else pip's config files): PIP_INDEX_URL goes in as a build
+argument, the CA bundle pip uses (PIP_CERT, else the system's) is mounted over the image's, and a
+PIP_FIND_LINKS folder (wheels on disk) is mounted read-only; a CPU build of
 PyTorch among those wheels is the one the CPU image installs, unless --torch-spec says otherwise.
 Docker builds cannot mount at build time and use PyPI and the PyTorch index as they are.
 """

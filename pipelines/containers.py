@@ -1,6 +1,6 @@
 """Local runs in containers: every task of the pipeline in our image, through kfp.local's DockerRunner.
 
-A task runs the way a cluster runs it: in the image `make images` built, as uid 10001, with only the
+A task runs the way a cluster runs it: in the image `make image-local` built, as uid 10001, with only the
 environment a pod of ours gets (`launcher.S3_SECRET_KEYS` from a Secret, `launcher.CONFIG_MAP_KEYS`
 from a ConfigMap), S3 and MLflow reached over the network. The workspace is mounted at its own path, so
 a run without S3 keeps its store, MLflow database and summary there, as the subprocess run does.
@@ -73,17 +73,13 @@ def prepare_workspace(workspace: Path, user: str) -> None:
     """Create the workspace for the task user: owned by it when this process may give it away (root),
     else open to it."""
     uid, gid = (int(x) for x in user.split(":"))
-    fresh = not workspace.exists()
-    workspace.mkdir(parents=True, exist_ok=True)
-    for sub in ("kfp", "logs"):
-        (workspace / sub).mkdir(exist_ok=True)
-    if fresh or os.geteuid() == 0:
-        for folder in (workspace, workspace / "kfp", workspace / "logs"):
-            if os.geteuid() == 0:
-                if folder.stat().st_uid == 0:
-                    os.chown(folder, uid, gid)
-            else:
-                folder.chmod(folder.stat().st_mode | 0o777)
+    root, fresh = os.geteuid() == 0, not workspace.exists()
+    for folder in (workspace, workspace / "kfp", workspace / "logs"):
+        folder.mkdir(parents=True, exist_ok=True)
+        if root and folder.stat().st_uid == 0:
+            os.chown(folder, uid, gid)
+        elif not root and fresh:
+            folder.chmod(folder.stat().st_mode | 0o777)
     check_workspace(workspace, user)
 
 

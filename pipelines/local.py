@@ -175,10 +175,10 @@ def run_locally(
     logs = workspace / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     summary = Path(summary_path).resolve() if summary_path else workspace / "summary.json"
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.unlink(missing_ok=True)  # never report an older run's summary
     if containers is not None and not summary.is_relative_to(workspace):
         raise ContainerError(f"--summary {summary}: in containers the summary must lie in the workspace {workspace}")
+    summary.parent.mkdir(parents=True, exist_ok=True)
+    summary.unlink(missing_ok=True)  # never report an older run's summary
     log_path = logs / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.log"
     items = [o for o in overrides if not o.startswith("workspace=")] + [f"workspace={workspace}"]
     console = console or sys.stderr
