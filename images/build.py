@@ -95,8 +95,10 @@ class PipSettings:
         """`torch==V` for the newest CPU build of PyTorch among the wheels on disk, if any."""
         if self.wheels is None:
             return None
-        found = sorted(self.wheels.glob("torch-*+cpu-*.whl"))
-        return f"torch=={found[-1].name.split('-')[1].split('+')[0]}" if found else None
+        from packaging.version import Version
+
+        versions = [Version(p.name.split("-")[1].split("+")[0]) for p in self.wheels.glob("torch-*+cpu-*.whl")]
+        return f"torch=={max(versions)}" if versions else None
 
     def build_flags(self) -> list[str]:
         flags = []

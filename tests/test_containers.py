@@ -80,7 +80,8 @@ def test_image_builds_carry_the_machines_pip_settings_into_podman_but_not_docker
         import build as image_build
     finally:
         sys.path.remove(str(ROOT / "images"))
-    (tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
+    for version in ("2.9.1", "2.13.0"):  # the newest by version, not by name
+        (tmp_path / f"torch-{version}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").touch()
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     pip = image_build.PipSettings(index_url=None, ca_bundle=ca, wheels=tmp_path)
@@ -106,7 +107,8 @@ def test_a_task_that_fails_at_once_is_reported_failed_and_removed() -> None:
         before = {c.id for c in client.containers.list(all=True)}
         assert run_container(client, LOCAL_IMAGE, ["sh", "-c", "exit 3"], {}, {}, {}) == 3
         assert run_container(client, LOCAL_IMAGE, ["python3", "-c", "import photogenic"], {}, {}, {}) == 0
-        assert run_container(client, LOCAL_IMAGE, ["id", "-u"], {}, {}, {"user": "10001:10001"}) == 0
+        as_user = {"user": "10001:10001"}
+        assert run_container(client, LOCAL_IMAGE, ["sh", "-c", 'test "$(id -u)" = 10001'], {}, {}, as_user) == 0
         assert {c.id for c in client.containers.list(all=True)} == before  # nothing left behind
         client.close()
 
