@@ -43,6 +43,7 @@ JOB_ARGS = --preset gpu --nodes 2 --gpus-per-node 8 \
 	--data s3://photogenic/runs/datasets/validated-0000000000000000/manifest.json \
 	--base s3://photogenic/runs/runs/autoencoder-0000000000000000/model storage.root=s3://photogenic/runs
 manifests: setup
+	$(BIN)/python -c "from photogenic.components.images import write_kustomize; write_kustomize('manifests/base/images/kustomization.yaml')"
 	$(BIN)/photogenic pipeline compile
 	$(BIN)/photogenic pipeline compile --kubernetes-manifest --out manifests/pipeline/quality-tuning.yaml
 	for b in pytorchjob trainjob; do \

@@ -79,7 +79,6 @@ def validate(
     overrides: list,
     data_uri: str,
     data_version: str,
-    parent_run_id: str,
     dataset: Output[Dataset],
     report: Output[HTML],
 ) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
@@ -90,7 +89,6 @@ def validate(
         overrides: config overrides.
         data_uri: the ingested dataset's manifest URI.
         data_version: its content fingerprint (the cache key: same data, same result).
-        parent_run_id: the MLflow parent run.
         dataset: the clean dataset's manifest.
         report: the HTML validation report.
 
@@ -100,6 +98,7 @@ def validate(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
+    parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.validate_data(config, data_uri, parent_run_id)
     tasks.publish_artifact(dataset, result["manifest_uri"], config, input_version=data_version)
     tasks.copy_report(result["report_uri"], report, config)

@@ -9,7 +9,7 @@ from photogenic.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def judges(preset: str, overrides: list, purpose: str, parent_run_id: str, judge_set: Output[Artifact]) -> NamedTuple(
+def judges(preset: str, overrides: list, purpose: str, judge_set: Output[Artifact]) -> NamedTuple(
     "Outputs", [("uri", str), ("version", str), ("result", dict)]
 ):
     """Train and validate a judge set on oracle-labelled renders drawn with their own seeds.
@@ -18,7 +18,6 @@ def judges(preset: str, overrides: list, purpose: str, parent_run_id: str, judge
         preset: the config preset.
         overrides: config overrides.
         purpose: `curation` (the rating set behind the automatic filters) or `evaluation` (the raters).
-        parent_run_id: the MLflow parent run.
         judge_set: the judge set's manifest, with its validation metrics.
 
     Returns:
@@ -27,6 +26,7 @@ def judges(preset: str, overrides: list, purpose: str, parent_run_id: str, judge
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
+    parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.train_judges(config, purpose, parent_run_id)
     tasks.publish_artifact(judge_set, result["manifest_uri"], config, purpose=purpose, **result["metrics"])
     return (result["uri"], result["fingerprint"], result)
@@ -41,7 +41,6 @@ def curate(
     judges_uri: str,
     judges_version: str,
     approved: str,
-    parent_run_id: str,
     dataset: Output[Dataset],
     rehearsal_set: Output[Dataset],
     funnel: Output[HTML],
@@ -57,7 +56,6 @@ def curate(
         judges_uri: the curation judge set.
         judges_version: its fingerprint.
         approved: with `curate.review=import`, the URI of the reviewers' JSON of approved keys ("" for none).
-        parent_run_id: the MLflow parent run.
         dataset: the QT dataset's manifest.
         rehearsal_set: the rehearsal set's manifest.
         funnel: the funnel report (counts after every filter and round, rejected samples by reason).
@@ -69,6 +67,7 @@ def curate(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
+    parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id, approved)
     tasks.publish_artifact(dataset, result["manifest_uri"], config)
     tasks.publish_artifact(rehearsal_set, result["rehearsal_uri"], config)
@@ -87,7 +86,6 @@ def evaluate(
     judges_uri: str,
     judges_version: str,
     curation_judges_uri: str,
-    parent_run_id: str,
     report: Output[HTML],
 ) -> NamedTuple("Outputs", [("uri", str), ("result", dict)]):
     """Compare model A (the candidate) with model B (the reference) on the test split's prompts and seeds:
@@ -104,7 +102,6 @@ def evaluate(
         judges_uri: the evaluation judge set (never the curation one).
         judges_version: its fingerprint.
         curation_judges_uri: the curation judge set, to report how far the two judge sets agree ("": none).
-        parent_run_id: the MLflow parent run.
         report: the HTML report: side-by-side grid, tables, funnel, judge validity.
 
     Returns:
@@ -113,6 +110,7 @@ def evaluate(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
+    parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.evaluate_models(config, model_a, model_b, judges_uri, parent_run_id, curation_judges_uri)
     tasks.copy_report(result["report_uri"], report, config)
     return (result["manifest_uri"], result)

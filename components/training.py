@@ -1,4 +1,4 @@
-"""Training components: a recipe in the task's own pod, or as a multi-node job on the training operator."""
+"""Training components: a recipe in the task's own pod, or as a multi-node job on Kubeflow's training operator."""
 
 from typing import NamedTuple
 
@@ -19,7 +19,6 @@ def train(
     base_version: str,
     judges: str,
     replay: str,
-    parent_run_id: str,
     model: Output[Model],
 ) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
     """Train one recipe (DeepSpeed, resuming from the run's latest checkpoint) and export the model.
@@ -35,7 +34,6 @@ def train(
         judges: the curation judge set for early stopping ("" for none).
         replay: a dataset to rehearse, read only when the recipe's `replay_fraction` or
             `guidance_preservation` is on ("" for none).
-        parent_run_id: the MLflow parent run.
         model: the exported model's manifest (the weights stay in the store, in diffusers format).
 
     Returns:
@@ -44,6 +42,7 @@ def train(
     from photogenic import tasks
 
     config = tasks.task_config(preset, overrides)
+    parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id, replay)
     tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)
@@ -60,15 +59,15 @@ def launch_training(
     base_version: str,
     judges: str,
     replay: str,
-    parent_run_id: str,
     backend: str,
+    image: str,
+    image_pull_secrets: list,
     nodes: int,
     gpus_per_node: int,
     node_selector: dict,
     tolerations: list,
     cache_pvc: str,
     timeout_hours: float,
-    kfp_run_id: str,
     model: Output[Model],
 ) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
     """Train one recipe across GPU nodes: create a PyTorchJob (or a Trainer v2 TrainJob), stream the
@@ -84,24 +83,24 @@ def launch_training(
         base_version: its fingerprint ("" for none).
         judges: the curation judge set for early stopping ("" for none).
         replay: a dataset to rehearse (see `train`; "" for none).
-        parent_run_id: the MLflow parent run (rank 0 of the job logs under it).
-        backend: `pytorchjob` or `trainjob`.
+        backend: `trainjob` (Kubeflow Trainer v2) or `pytorchjob` (training operator v1).
+        image: the training image (the pipeline names it from components/images.json when compiled).
+        image_pull_secrets: Secrets for pulling it (the job's pods get them).
         nodes: number of nodes.
         gpus_per_node: GPUs (and torchrun processes) per node.
         node_selector: the job pods' node selector.
         tolerations: the job pods' tolerations (Kubernetes toleration objects).
-        cache_pvc: a PVC for the dataset cache ("" for none).
+        cache_pvc: a PVC mounted at /cache on every node ("" for an emptyDir per node).
         timeout_hours: fail the task and delete the job after this long.
-        kfp_run_id: this KFP run's id (names the job).
         model: the exported model's manifest.
 
     Returns:
         uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
     """
     from photogenic import tasks
-    from photogenic.components.images import TRAIN_IMAGE
 
     config = tasks.task_config(preset, overrides)
+    parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.launch_training(
         config,
         preset,
@@ -112,10 +111,10 @@ def launch_training(
         judges,
         parent_run_id,
         backend=backend,
-        image=TRAIN_IMAGE,
+        image=image,
+        image_pull_secrets=image_pull_secrets,
         nodes=nodes,
         gpus_per_node=gpus_per_node,
-        job_key=f"{kfp_run_id}"[:24],
         node_selector=node_selector,
         tolerations=tolerations,
         cache_pvc=cache_pvc,

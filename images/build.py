@@ -1,4 +1,4 @@
-"""Build the images and write their tags to components/images.json, the one place components read them.
+"""Build the images and write their references to components/images.json, the one place that names them.
 
     python images/build.py [--registry ghcr.io/photogenic] [--tag TAG] [--only NAME ...] [--push]
         [--engine docker|podman|buildah] [--base-image REF] [--torch-spec SPEC] [--no-build]
@@ -7,10 +7,15 @@
 `--local` builds the CPU image as `localhost/photogenic:local` for `photogenic run --containers` and
 leaves components/images.json alone (the tags the compiled pipeline names).
 
+components/images.json is written *before* the builds, because the images carry it (the training
+launcher and every component read their image names from it), and put back as it was when a build
+fails. With --push, the pushed digest is recorded too (`name:tag@sha256:...`), so the pipeline, the jobs
+and the manifests run exactly the bytes that were pushed.
+
 Builds with the first container engine that works here: a Docker daemon, else podman, else buildah
 (neither needs a daemon). Without any (or with --no-build) it only writes the tags, so the compiled
 pipeline can name images that CI builds elsewhere. Run `make manifests` afterwards: the compiled
-pipeline names the images.
+pipeline and the manifests name the images.
 
 Behind a package mirror or a TLS-inspecting proxy, podman and buildah builds use this machine's pip
 settings (their environment variables, else pip's config files): PIP_INDEX_URL goes in as a build
@@ -154,6 +159,48 @@ def image_size(engine: str, ref: str) -> int | None:
     return info.get("Size") or info.get("size")
 
 
+IMAGES_JSON = ROOT / "components" / "images.json"
+
+
+def write_refs(refs: dict[str, str]) -> str:
+    """Write `refs` into components/images.json (its pull secrets kept); returns the file's old text."""
+    old = IMAGES_JSON.read_text()
+    data = json.loads(old)
+    data["images"] = {**data.get("images", {}), **refs}
+    IMAGES_JSON.write_text(json.dumps(data, indent=2) + "\n")
+    return old
+
+
+def pushed_digest(engine: str, ref: str, digest_file: Path) -> str | None:
+    """The registry digest of `ref` after a push (podman and buildah write it to `--digestfile`)."""
+    if digest_file.is_file() and digest_file.read_text().strip().startswith("sha256:"):
+        return digest_file.read_text().strip()
+    if engine == "docker":
+        out = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{json .RepoDigests}}", ref],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        name = ref.rsplit(":", 1)[0]
+        for repo_digest in json.loads(out.stdout or "[]") if out.returncode == 0 else []:
+            if repo_digest.startswith(f"{name}@"):
+                return repo_digest.split("@", 1)[1]
+    return None
+
+
+def push(engine: str, ref: str) -> str:
+    """Push `ref`; returns `ref@sha256:...` (or `ref` where the engine reports no digest)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        digest_file = Path(tmp, "digest")
+        cmd = [engine, "push", ref] if engine == "docker" else [engine, "push", "--digestfile", str(digest_file), ref]
+        subprocess.run(cmd, check=True)
+        digest = pushed_digest(engine, ref, digest_file)
+    return f"{ref}@{digest}" if digest else ref
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry", default="ghcr.io/photogenic")
@@ -170,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     refs = {name: f"{args.registry}/{name}:{tag}" for name in IMAGES}
     if args.local:
         refs, args.only, args.push = {"photogenic": LOCAL_IMAGE}, ["photogenic"], False
+    # Before the builds: the images carry components/images.json and must name themselves.
+    old = None if args.local else write_refs(refs)
     if not args.no_build:
         engine = find_engine(args.engine)
         if engine is None:
@@ -193,17 +242,19 @@ def main(argv: list[str] | None = None) -> int:
                 size = image_size(engine, refs[name])
                 weighs = f", {size / 1e9:.2f} GB" if size else ""
                 print(f"built {refs[name]} in {time.perf_counter() - t0:.0f} s{weighs}", file=sys.stderr)
-                if args.push:
-                    subprocess.run([engine, "push", refs[name]], check=True)
             if failed:
+                if old is not None:
+                    IMAGES_JSON.write_text(old)
                 print(
                     f"not built: {', '.join(failed)} (see the build output above; the training image's CUDA base "
                     "comes from Docker Hub). components/images.json is unchanged.",
                     file=sys.stderr,
                 )
                 return 1
-    if not args.local:
-        (ROOT / "components" / "images.json").write_text(json.dumps(refs, indent=2) + "\n")
+            if args.push:
+                # After every build, so a failed build leaves nothing half-published.
+                refs.update({name: push(engine, refs[name]) for name in args.only or IMAGES})
+                write_refs(refs)
     print(json.dumps(refs, indent=2))
     return 0
 

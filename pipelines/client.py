@@ -36,6 +36,7 @@ class Uploaded:
     version_id: str
     version_name: str
     created_pipeline: bool
+    existed: bool = False  # the server had this version already: nothing was uploaded
 
 
 def version_name(version: str) -> str:
@@ -44,14 +45,16 @@ def version_name(version: str) -> str:
 
 
 def upload(client: Any, package: str | Path = COMPILED, name: str = PIPELINE_NAME) -> Uploaded:
-    """Upload the compiled pipeline: a new pipeline if `name` is new, else a new version of it.
+    """Upload the compiled pipeline: a new pipeline if `name` is new, else a new version of it; nothing if
+    the server has this version already (safe to repeat).
 
-    The version is named after the version line of the compiled file (package version + commit), so an
-    upload of the same compiled file twice fails on the server's duplicate name rather than silently
-    creating a copy.
+    The version is named after the version line of the compiled file (package version + commit). A
+    version counts as there already when its name is that, or when its pipeline spec records that
+    version (the first version of a pipeline is named after the pipeline).
     """
     package = str(package)
-    vname = version_name(read_version(package))
+    recorded = read_version(package)
+    vname = version_name(recorded)
     pipeline_id = client.get_pipeline_id(name)
     if pipeline_id is None:
         created = client.upload_pipeline(package, pipeline_name=name, description="Photogenic quality-tuning")
@@ -60,9 +63,39 @@ def upload(client: Any, package: str | Path = COMPILED, name: str = PIPELINE_NAM
         version = versions.pipeline_versions[0]
         log.info("created pipeline %s (%s) with its first version", name, pipeline_id)
         return Uploaded(pipeline_id, version.pipeline_version_id, version.display_name, True)
+    found = _find_version(client, pipeline_id, vname, recorded)
+    if found is not None:
+        log.info("pipeline %s has version %s already: nothing to upload", name, recorded)
+        return Uploaded(pipeline_id, found.pipeline_version_id, found.display_name, False, existed=True)
     version = client.upload_pipeline_version(package, pipeline_version_name=vname, pipeline_id=pipeline_id)
     log.info("uploaded version %s of pipeline %s", vname, name)
     return Uploaded(pipeline_id, version.pipeline_version_id, vname, False)
+
+
+_SPEC_VERSION = re.compile(r"^Photogenic (\S+): ")
+
+
+def _find_version(client: Any, pipeline_id: str, vname: str, recorded: str) -> Any:
+    """The pipeline's version named `vname` or whose spec records `recorded`, else None (every page)."""
+    token = ""
+    while True:
+        page = client.list_pipeline_versions(pipeline_id, page_token=token, page_size=100)
+        for v in page.pipeline_versions or []:
+            if v.display_name == vname or _spec_version(getattr(v, "pipeline_spec", None)) == recorded:
+                return v
+        token = getattr(page, "next_page_token", "") or ""
+        if not token:
+            return None
+
+
+def _spec_version(spec: Any) -> str | None:
+    """The photogenic version in a stored pipeline spec's description (see quality_tuning.build)."""
+    if not isinstance(spec, Mapping):
+        return None
+    spec = spec.get("pipeline_spec", spec)  # with a platform spec, the server nests the two
+    description = (spec.get("pipelineInfo") or {}).get("description") or ""
+    match = _SPEC_VERSION.match(description)
+    return match.group(1) if match else None
 
 
 def submit(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from photogenic.launcher import CONFIG_MAP_KEYS, S3_SECRET_KEYS
+from photogenic.tasks import RUN_ID_ENV
 
 # The image's user (images/photogenic/Dockerfile), the uid a cluster runs our pods as.
 IMAGE_USER = "10001:10001"
@@ -52,8 +53,9 @@ class Containers:
 
 
 def task_environment() -> dict[str, str]:
-    """The environment a pod of ours gets on a cluster, taken from this one: nothing else goes in."""
-    return {k: os.environ[k] for k in (*S3_SECRET_KEYS, *CONFIG_MAP_KEYS) if os.environ.get(k)}
+    """The environment a pod of ours gets on a cluster, taken from this one: nothing else goes in (the
+    run's id stands in for the pod's `pipeline/runid` label)."""
+    return {k: os.environ[k] for k in (*S3_SECRET_KEYS, *CONFIG_MAP_KEYS, RUN_ID_ENV) if os.environ.get(k)}
 
 
 def check_workspace(workspace: Path, user: str) -> None:

@@ -186,6 +186,7 @@ def run_locally(
     console.write(f"Running the pipeline locally ({where}); task output: {log_path}\n")
     pipeline = build(pipeline_version(), retries=retries)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_run_id_env(f"local-{uuid.uuid4().hex}"))  # before the runner: containers take it
         runner = _runner(stack, pipeline, workspace, containers)
         log_file = stack.enter_context(open(log_path, "w", encoding="utf-8"))
         stack.enter_context(_no_process_group_env())
@@ -200,6 +201,7 @@ def run_locally(
                     ingest_partitions=ingest_partitions,
                     pretrain_backend="in-task",
                     gpus_per_node=0,
+                    task_gpus=0,
                     summary_uri=str(summary),
                     approved=approved,
                 )
@@ -248,6 +250,25 @@ def _no_process_group_env() -> Any:
         yield
     finally:
         os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _run_id_env(run_id: str) -> Any:
+    """The run's id for every task, as a cluster gives it from the pod's `pipeline/runid` label: tasks
+    find the MLflow parent run by it."""
+    import os
+
+    from photogenic.tasks import RUN_ID_ENV
+
+    saved = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = run_id
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = saved
 
 
 def _display_names(pipeline: Any) -> dict[str, str]:

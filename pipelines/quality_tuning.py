@@ -9,6 +9,7 @@ from kfp import dsl
 
 from photogenic import components as c
 from photogenic import launcher
+from photogenic.components.images import PULL_SECRETS, TRAIN_IMAGE
 from photogenic.pipelines.kubernetes import (
     data_task,
     on_gpu,
@@ -44,9 +45,15 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
         ingest_partitions: int = 2,
         pretrain_backend: str = "in-task",
         pretrain_nodes: int = 1,
-        gpus_per_node: int = 1,
+        gpus_per_node: int = 8,
+        task_gpus: int = 1,
+        train_cpu: str = "8",
+        train_memory: str = "64Gi",
+        data_cpu: str = "4",
+        data_memory: str = "16Gi",
         gpu_node_selector: dict = {},  # noqa: B006
         gpu_tolerations: list = GPU_TOLERATIONS,
+        job_cache_pvc: str = "",
         training_timeout_hours: float = 168.0,
         model_name: str = "photogenic-quality-tuned",
         approved: str = "",
@@ -59,17 +66,31 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
             overrides: `dotted.key=value` config overrides, e.g. `["storage.root=s3://bucket/photogenic"]`.
             source: what to ingest: `world`, a captions table URI, or tar shards.
             ingest_partitions: parallel ingestion tasks.
-            pretrain_backend: `in-task` (the task's own pod), `pytorchjob` or `trainjob` (multi-node).
+            pretrain_backend: `in-task` (the task's own pod), or a multi-node job: `trainjob` (Kubeflow
+                Trainer v2, runtime `torch-distributed`) or `pytorchjob` (training operator v1).
             pretrain_nodes: nodes of the pretraining job.
-            gpus_per_node: GPUs per training pod (in-task training tasks and each job node).
+            gpus_per_node: GPUs (and processes) per node of the pretraining job.
+            task_gpus: GPUs of each in-task training pod (one process, one device: 1; 0 without GPUs).
+            train_cpu: CPUs of each training pod (in-task and job nodes; request = limit).
+            train_memory: memory of each training pod.
+            data_cpu: CPUs of data, judge and evaluation tasks.
+            data_memory: memory of data, judge and evaluation tasks.
             gpu_node_selector: node selector for training pods.
             gpu_tolerations: tolerations for training pods.
+            job_cache_pvc: a PVC the job's nodes mount at /cache ("" for an emptyDir per node).
             training_timeout_hours: a launched job fails after this long.
             model_name: the MLflow registered model.
             approved: with `curate.review=import`, the reviewers' JSON of approved keys (a store URI).
             summary_uri: where the run's summary JSON goes ("" = only on the MLflow parent run).
         """
         cfg = {"preset": preset, "overrides": overrides}
+
+        def train_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
+            return on_gpu(task, task_gpus, train_cpu, train_memory, gpu_node_selector, gpu_tolerations)
+
+        def data_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
+            return data_task(task, data_cpu, data_memory)
+
         job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         closer = c.close_run(**cfg, kfp_run_id=job_id)
         small(network_retries(uncached(with_cluster_env(closer))))
@@ -82,14 +103,14 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
             small(uncached(with_cluster_env(plan)))
             with dsl.ParallelFor(plan.output, parallelism=8) as part:
                 piece = c.ingest_partition(**cfg, source=source, partition=part)
-                data_task(network_retries(uncached(with_cluster_env(piece))))
+                data_pod(network_retries(uncached(with_cluster_env(piece))))
             ingested = c.merge_ingest(**cfg, source=source, parts=dsl.Collected(piece.output), parent_run_id=run_id)
-            data_task(network_retries(uncached(with_cluster_env(ingested))))
+            data_pod(network_retries(uncached(with_cluster_env(ingested))))
 
-            clean = c.validate(
-                **cfg, data_uri=ingested.outputs["uri"], data_version=ingested.outputs["version"], parent_run_id=run_id
-            )
-            data_task(network_retries(with_cluster_env(clean)))
+            # Cached tasks take nothing that changes per run (the parent run id would): a run with the same
+            # inputs reuses their results. They find the parent MLflow run by the pod's run-id label.
+            clean = c.validate(**cfg, data_uri=ingested.outputs["uri"], data_version=ingested.outputs["version"])
+            data_pod(network_retries(with_cluster_env(clean)))
             data = {"data_uri": clean.outputs["uri"], "data_version": clean.outputs["version"]}
 
             autoencoder = c.train(
@@ -100,20 +121,15 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 base_version="",
                 judges="",
                 replay="",
-                parent_run_id=run_id,
             )
             autoencoder.set_display_name("autoencoder")
-            on_gpu(network_retries(with_cluster_env(autoencoder)), gpus_per_node, gpu_node_selector, gpu_tolerations)
+            train_pod(network_retries(with_cluster_env(autoencoder)))
             base = {"base": autoencoder.outputs["uri"], "base_version": autoencoder.outputs["version"]}
 
             with dsl.If(pretrain_backend == "in-task", "pretrain-in-task"):
-                pretrain_here = c.train(
-                    **cfg, recipe="pretrain", **data, **base, judges="", replay="", parent_run_id=run_id
-                )
+                pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", replay="")
                 pretrain_here.set_display_name("pretrain")
-                on_gpu(
-                    network_retries(with_cluster_env(pretrain_here)), gpus_per_node, gpu_node_selector, gpu_tolerations
-                )
+                train_pod(network_retries(with_cluster_env(pretrain_here)))
             with dsl.Else("pretrain-on-training-operator"):
                 pretrain_job = c.launch_training(
                     **cfg,
@@ -122,35 +138,29 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                     **base,
                     judges="",
                     replay="",
-                    parent_run_id=run_id,
                     backend=pretrain_backend,
+                    image=TRAIN_IMAGE,
+                    image_pull_secrets=PULL_SECRETS,
                     nodes=pretrain_nodes,
                     gpus_per_node=gpus_per_node,
                     node_selector=gpu_node_selector,
                     tolerations=gpu_tolerations,
-                    cache_pvc="photogenic-cache",
+                    cache_pvc=job_cache_pvc,
                     timeout_hours=training_timeout_hours,
-                    kfp_run_id=job_id,
                 )
                 small(network_retries(with_cluster_env(pretrain_job.set_display_name("pretrain-job"))))
             pretrained_uri = dsl.OneOf(pretrain_here.outputs["uri"], pretrain_job.outputs["uri"])
             pretrained_version = dsl.OneOf(pretrain_here.outputs["version"], pretrain_job.outputs["version"])
             pretrained_result = dsl.OneOf(pretrain_here.outputs["result"], pretrain_job.outputs["result"])
 
-            curation_judges = data_task(
+            curation_judges = data_pod(
                 network_retries(
-                    with_cluster_env(
-                        c.judges(**cfg, purpose="curation", parent_run_id=run_id).set_display_name("judges-curation")
-                    )
+                    with_cluster_env(c.judges(**cfg, purpose="curation").set_display_name("judges-curation"))
                 )
             )
-            raters = data_task(
+            raters = data_pod(
                 network_retries(
-                    with_cluster_env(
-                        c.judges(**cfg, purpose="evaluation", parent_run_id=run_id).set_display_name(
-                            "judges-evaluation"
-                        )
-                    )
+                    with_cluster_env(c.judges(**cfg, purpose="evaluation").set_display_name("judges-evaluation"))
                 )
             )
 
@@ -160,9 +170,8 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 judges_uri=curation_judges.outputs["uri"],
                 judges_version=curation_judges.outputs["version"],
                 approved=approved,
-                parent_run_id=run_id,
             )
-            data_task(network_retries(with_cluster_env(curated)))
+            data_pod(network_retries(with_cluster_env(curated)))
 
             tuned = c.train(
                 **cfg,
@@ -174,10 +183,9 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 judges=curation_judges.outputs["uri"],
                 # what the automatic filters kept, rehearsed in a share of every batch (not in the paper)
                 replay=curated.outputs["rehearsal"],
-                parent_run_id=run_id,
             )
             tuned.set_display_name("quality-tune")
-            on_gpu(network_retries(with_cluster_env(tuned)), gpus_per_node, gpu_node_selector, gpu_tolerations)
+            train_pod(network_retries(with_cluster_env(tuned)))
 
             evaluation = c.evaluate(
                 **cfg,
@@ -188,9 +196,8 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 judges_uri=raters.outputs["uri"],
                 judges_version=raters.outputs["version"],
                 curation_judges_uri=curation_judges.outputs["uri"],
-                parent_run_id=run_id,
             )
-            data_task(network_retries(with_cluster_env(evaluation)))
+            data_pod(network_retries(with_cluster_env(evaluation)))
 
             registered = c.register(
                 **cfg,

@@ -166,7 +166,7 @@ def test_a_failed_job_fails_the_task_with_the_operators_reason_and_is_deleted() 
         LaunchError,
         match="pytorchjob team-a/photogenic-pretrain-abc failed: BackoffLimitExceeded: pod master-0 OOMKilled",
     ):
-        launch(_job(), apis=(custom, FakeCore([])), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
+        launch(_job(), "pytorchjob", apis=(custom, FakeCore([])), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
     assert custom.deleted == ["photogenic-pretrain-abc"]
 
 
@@ -193,7 +193,7 @@ def test_a_job_past_its_timeout_fails_and_is_deleted() -> None:
 def test_a_retried_task_waits_for_its_existing_job_and_a_rejected_job_is_a_clear_error() -> None:
     custom = FakeCustomObjects(lambda n, _: _condition("Succeeded"))
     custom.objects[("pytorchjobs", "team-a", "photogenic-pretrain-abc")] = {"metadata": {"name": "x"}}
-    launch(_job(), apis=(custom, FakeCore([])), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
+    launch(_job(), "pytorchjob", apis=(custom, FakeCore([])), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
     assert custom.deleted == ["photogenic-pretrain-abc"]
 
     class Forbidden(FakeCustomObjects):
@@ -201,7 +201,7 @@ def test_a_retried_task_waits_for_its_existing_job_and_a_rejected_job_is_a_clear
             raise ApiException(status=403, reason="Forbidden")
 
     with pytest.raises(LaunchError, match="cannot create pytorchjob team-a/photogenic-pretrain-abc: 403 Forbidden"):
-        launch(_job(), apis=(Forbidden(lambda n, _: None), FakeCore([])), sleep=lambda s: None)  # type: ignore[arg-type]
+        launch(_job(), "pytorchjob", apis=(Forbidden(lambda n, _: None), FakeCore([])), sleep=lambda s: None)  # type: ignore[arg-type]
 
 
 def test_bad_job_settings_are_clear_errors() -> None:
@@ -255,3 +255,179 @@ def test_launch_training_runs_the_pods_command_and_returns_the_model(tmp_path: P
     args = tasks.train_args("quality_tune", "d.json", "s3://b/run", "tiny", ["a.b=1"], "base", "j", "", "h.json")
     assert args[args.index("--replay-data") + 1] == "h.json" and args[-1] == "a.b=1"
     assert "--replay-data" not in tasks.train_args("pretrain", "d.json", "s3://b/run", "tiny", [], "ae")
+
+
+# --------------------------------------------------------------------------------------------- pods
+
+
+def _pod(name: str, waiting: str = "", message: str = "", unschedulable: str = "") -> SimpleNamespace:
+    """A V1Pod as the client returns it (attributes, not dicts): a container waiting for `waiting`, or
+    unscheduled with the scheduler's `unschedulable` message."""
+    state = SimpleNamespace(waiting=SimpleNamespace(reason=waiting, message=message) if waiting else None)
+    statuses = [SimpleNamespace(name="node", state=state)] if waiting else None
+    conditions = (
+        [SimpleNamespace(type="PodScheduled", status="False", reason="Unschedulable", message=unschedulable)]
+        if unschedulable
+        else [SimpleNamespace(type="PodScheduled", status="True", reason=None, message=None)]
+    )
+    status = SimpleNamespace(container_statuses=statuses, init_container_statuses=None, conditions=conditions)
+    return SimpleNamespace(metadata=SimpleNamespace(name=name), status=status)
+
+
+class PodsCore:
+    """CoreV1Api with the job's pods given by `script(n)` on the n-th listing of the whole job."""
+
+    def __init__(self, script: Callable[[int], list[SimpleNamespace]]):
+        self.script, self.listings = script, 0
+
+    def list_namespaced_pod(self, namespace: str, label_selector: str = ""):
+        if "master" in label_selector or "completion-index" in label_selector:
+            return SimpleNamespace(items=[])  # the log follower: nothing to print here
+        pods = self.script(self.listings)
+        self.listings += 1
+        return SimpleNamespace(items=pods)
+
+    def read_namespaced_pod_log(self, name: str, namespace: str) -> str:
+        return ""
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("ImagePullBackOff", 'Back-off pulling image "registry.example.com/ml/photogenic-train:0.2.0"'),
+        ("CreateContainerConfigError", 'configmap "photogenic-config" not found'),
+        ("InvalidImageName", 'Failed to apply default image tag "Registry/Bad Name"'),
+    ],
+)
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+def test_a_pod_that_cannot_start_fails_the_task_at_once_with_its_reason(
+    backend: str, reason: str, message: str
+) -> None:
+    custom = FakeCustomObjects(lambda n, _: None)  # the operator reports nothing: the job looks alive
+    core = PodsCore(lambda n: [_pod("photogenic-pretrain-abc-node-0-0")] if n < 2 else [_pod("p-0", reason, message)])
+    slept: list[float] = []
+    with pytest.raises(LaunchError) as err:
+        launch(
+            _job(),
+            backend,
+            timeout_s=3600,
+            poll_s=15,
+            apis=(custom, core),
+            out=io.StringIO(),
+            clock=lambda: sum(slept),
+            sleep=slept.append,
+        )  # type: ignore[arg-type]
+    assert f"cannot run: pod p-0, container node: {reason}: {message}" in str(err.value)
+    assert len(slept) == 2 and custom.deleted == ["photogenic-pretrain-abc"]  # the third poll, not the timeout
+
+
+def test_a_pod_unschedulable_past_the_grace_fails_with_the_schedulers_message() -> None:
+    now = [0.0]
+    message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+
+    def pods(n: int) -> list[SimpleNamespace]:
+        if n == 3:  # scheduled for a moment (the autoscaler added a node), then pending again: the clock restarts
+            return [_pod("w-0")]
+        return [_pod("w-0", unschedulable=message)]
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    custom = FakeCustomObjects(lambda n, _: None)
+    with pytest.raises(LaunchError, match=r"pod w-0 could not be scheduled for 660s: 0/3 nodes are available"):
+        launch(
+            _job(),
+            poll_s=60,
+            unschedulable_s=600,
+            apis=(custom, PodsCore(pods)),
+            out=io.StringIO(),
+            clock=lambda: now[0],
+            sleep=sleep,
+        )  # type: ignore[arg-type]
+    # Pending at 0-120 s, scheduled at 180 s, pending again from 240 s: past 600 s of it at 900 s.
+    assert now[0] == 900 and custom.deleted == ["photogenic-pretrain-abc"]
+
+
+def test_a_slow_image_pull_is_not_a_failure() -> None:
+    custom = FakeCustomObjects(lambda n, _: _condition("Complete") if n >= 3 else None)
+    core = PodsCore(lambda n: [_pod("n-0", "ContainerCreating"), _pod("n-1", "ErrImagePull", "i/o timeout")])
+    launch(_job(), apis=(custom, core), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
+    assert custom.deleted == ["photogenic-pretrain-abc"]
+
+
+# --------------------------------------------------------------------------------------------- ownership
+
+
+class OwnedObjects(FakeCustomObjects):
+    def __init__(self, *a: Any, **k: Any) -> None:
+        super().__init__(*a, **k)
+        self.patches: list[dict] = []
+
+    def patch_namespaced_custom_object(self, group: str, version: str, namespace: str, plural: str, name: str, body):
+        self.patches.append(body)
+        self.objects[(plural, namespace, name)]["metadata"].update(body["metadata"])
+
+
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+def test_the_launcher_pod_owns_its_job_and_a_retried_launcher_adds_itself(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from photogenic.launcher import this_pod
+
+    monkeypatch.setenv("KFP_POD_NAME", "quality-tuning-abc-system-container-impl-1")
+    monkeypatch.setenv("KFP_POD_UID", "8d5b6a1e-0000-4000-8000-000000000001")
+    first = this_pod()
+    assert first is not None
+    custom = OwnedObjects(lambda n, _: _condition("Succeeded" if backend == "pytorchjob" else "Complete"))
+    launch(_job(owner=first), backend, apis=(custom, FakeCore([])), out=io.StringIO(), cleanup=False)  # type: ignore[arg-type]
+    (created,) = custom.created
+    assert created["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Pod", "name": first.name, "uid": first.uid}
+    ]
+    # KFP retries the task in a new pod; the old one may be garbage-collected: the job must outlive it.
+    from photogenic.launcher import PodRef
+
+    retry = PodRef("quality-tuning-abc-system-container-impl-2", "8d5b6a1e-0000-4000-8000-000000000002")
+    launch(_job(owner=retry), backend, apis=(custom, FakeCore([])), out=io.StringIO(), cleanup=False)  # type: ignore[arg-type]
+    (patch,) = custom.patches
+    assert [o["uid"] for o in patch["metadata"]["ownerReferences"]] == [first.uid, retry.uid]
+    monkeypatch.delenv("KFP_POD_UID")
+    assert this_pod() is None  # outside a KFP pod: no owner
+
+
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+@pytest.mark.parametrize("pvc", ["", "photogenic-cache"])
+def test_job_pods_can_write_their_cache_pull_private_images_and_need_the_config_map(backend: str, pvc: str) -> None:
+    body = (pytorchjob if backend == "pytorchjob" else trainjob)(
+        _job(cache_pvc=pvc, image_pull_secrets=("photogenic-registry",))
+    )
+    if backend == "pytorchjob":
+        pod = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        env = pod["containers"][0]["env"]
+    else:
+        pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+        pod = pod["template"]["spec"]["template"]["spec"]
+        env = body["spec"]["trainer"]["env"]
+    # A fresh volume's root belongs to root: the kubelet hands it to the pods' group.
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == 10001
+    (cache,) = [v for v in pod["volumes"] if v["name"] == "cache"]
+    assert cache == (
+        {"name": "cache", "persistentVolumeClaim": {"claimName": pvc}} if pvc else {"name": "cache", "emptyDir": {}}
+    )
+    assert {"name": "PHOTOGENIC_WORKSPACE", "value": "/cache"} in env
+    assert pod["imagePullSecrets"] == [{"name": "photogenic-registry"}]
+    config_refs = [e["valueFrom"]["configMapKeyRef"] for e in env if "configMapKeyRef" in e.get("valueFrom", {})]
+    assert config_refs and all(ref["optional"] is False for ref in config_refs)
+
+
+def test_the_default_backend_is_kubeflow_trainer_v2(tmp_path: Path) -> None:
+    from photogenic.cli import main
+
+    args = ["job", "render", "--data", "s3://b/d/manifest.json", "--preset", "tiny", f"workspace={tmp_path}"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    body = __import__("yaml").safe_load(result.output)
+    assert body["kind"] == "TrainJob" and body["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    custom = FakeCustomObjects(lambda n, _: _condition("Complete"))
+    launch(_job(), apis=(custom, FakeCore([])), out=io.StringIO())  # type: ignore[arg-type]
+    assert custom.created[0]["kind"] == "TrainJob"

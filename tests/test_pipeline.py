@@ -162,7 +162,7 @@ def test_pipeline_structure_retries_caching_gpus_and_the_exit_handler() -> None:
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert "install" not in " ".join(train["command"])  # nothing pip-installs at run time
     gpu = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]
-    assert gpu["pvcMount"][0]["mountPath"] == "/cache" and "nodeSelector" in gpu and "tolerations" in gpu
+    assert gpu["emptyDirMounts"][0]["mountPath"] == "/cache" and "nodeSelector" in gpu and "tolerations" in gpu
     from photogenic.components.images import IMAGES
 
     images = {e["container"]["image"] for e in executors.values()}
@@ -173,6 +173,85 @@ def test_pipeline_structure_retries_caching_gpus_and_the_exit_handler() -> None:
     assert replay.pop("train-3") == rehearsal
     assert inner["train-3"]["taskInfo"]["name"] == "quality-tune"
     assert replay and all(v == {"runtimeValue": {"constant": ""}} for v in replay.values())
+
+
+def _tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the compiled pipeline, in every sub-DAG (exit handler, loops, branches)."""
+    found = {}
+    for component in [spec["root"], *spec["components"].values()]:
+        found.update(component.get("dag", {}).get("tasks", {}))
+    return found
+
+
+def test_a_resubmitted_run_can_reuse_every_cached_task() -> None:
+    """KFP reuses a cached task when its inputs are the same: no cached task may take a value that changes
+    every run (the run's id, or the MLflow parent run the uncached open-run task makes). Tasks find the
+    parent run by the run id from their pod's `pipeline/runid` label instead."""
+    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+    per_run = ("{{$.pipeline_job_", "open-run")
+    cached = {name: task for name, task in _tasks(spec).items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert {"validate", "train", "train-2", "judges", "judges-2", "curate", "train-3", "evaluate"} <= set(cached)
+    assert "launch-training" in cached
+    for name, task in cached.items():
+        for key, value in task.get("inputs", {}).get("parameters", {}).items():
+            text = json.dumps(value)
+            assert not any(p in text for p in per_run), f"{name}.{key} changes every run: {text}"
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        assert executor["fieldPathAsEnv"] == [
+            {"fieldPath": "metadata.labels['pipeline/runid']", "name": "PHOTOGENIC_KFP_RUN_ID"}
+        ], name
+
+
+def test_the_cluster_settings_every_task_gets_pull_secrets_a_required_config_map_and_sizes_from_parameters() -> None:
+    from photogenic.components.images import PULL_SECRETS, TRAIN_IMAGE
+
+    spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name, executor in executors.items():
+        # Without the ConfigMap a task would silently write to pod-local paths: the pod must not start.
+        assert [c["optional"] for c in executor["configMapAsEnv"]] == [False], name
+        assert [s["secretName"] for s in executor["imagePullSecret"]] == PULL_SECRETS, name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"task_gpus", "train_cpu", "train_memory", "data_cpu", "data_memory", "job_cache_pvc"} <= set(params)
+
+    def param(p: str) -> str:
+        return f"{{{{$.inputs.parameters['pipelinechannel--{p}']}}}}"
+
+    containers = {name: e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
+    for name in ("exec-train", "exec-train-2", "exec-train-3"):
+        resources = containers[name]["resources"]
+        # One process on one device in the task's own pod: sized by task_gpus, never by gpus_per_node.
+        assert resources["accelerator"]["resourceCount"] == param("task_gpus"), name
+        assert resources["resourceCpuLimit"] == resources["resourceCpuRequest"] == param("train_cpu"), name
+        assert resources["resourceMemoryLimit"] == param("train_memory"), name
+        assert "pvcMount" not in executors[name] and executors[name]["emptyDirMounts"][0]["mountPath"] == "/cache"
+    for name in ("exec-validate", "exec-curate", "exec-evaluate", "exec-judges", "exec-merge-ingest"):
+        assert containers[name]["resources"]["resourceCpuLimit"] == param("data_cpu"), name
+        assert containers[name]["resources"]["resourceMemoryLimit"] == param("data_memory"), name
+    for name, container in containers.items():  # the rest is small enough for any node
+        limit = container.get("resources", {}).get("resourceCpuLimit", "")
+        assert limit.startswith("{{") or float(limit) <= 1, name
+    # The launcher is told its training image by the pipeline, not by the images.json baked into it.
+    (launch,) = [t for t in _tasks(spec).values() if t["taskInfo"]["name"] == "pretrain-job"]
+    inputs = launch["inputs"]["parameters"]
+    assert inputs["image"] == {"runtimeValue": {"constant": TRAIN_IMAGE}}
+    assert inputs["image_pull_secrets"] == {"runtimeValue": {"constant": PULL_SECRETS}}
+    assert inputs["cache_pvc"] == {"componentInputParameter": "pipelinechannel--job_cache_pvc"}
+
+
+def test_parent_run_is_found_by_the_run_id_in_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from photogenic import tasks
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tmp_path)
+    assert tasks.parent_run_id(config) == ""  # outside a pipeline run
+    monkeypatch.setenv(tasks.RUN_ID_ENV, "4f1c-run")
+    opened = tasks.open_pipeline_run(config, "{{placeholder ignored: the pod's label wins}}", "0.1.0")
+    assert opened and tasks.parent_run_id(config) == opened
+    assert tasks.open_pipeline_run(config, "", "0.1.0") == opened  # a retried open-run finds it
+    monkeypatch.setenv(tasks.RUN_ID_ENV, "another-run")
+    assert tasks.parent_run_id(config) == ""
 
 
 # --------------------------------------------------------------------------------------------- layout
@@ -206,12 +285,22 @@ def test_the_wheel_installs_components_and_pipelines_inside_the_package(tmp_path
 
 
 class FakeKfpClient:
-    """The part of `kfp.Client` the upload and run commands use, recording the calls (no KFP server here)."""
+    """The part of `kfp.Client` the upload and run commands use, recording the calls (no KFP server here).
+    Versions are kept as the server keeps them: the first named after the pipeline, a duplicate name
+    refused, listed in pages."""
 
     def __init__(self, existing: str | None = None):
         self.pipelines = {"photogenic-quality-tuning": existing} if existing else {}
+        self.versions: list = []
         self.calls: list[tuple] = []
         self._existing_config = type("C", (), {"host": "http://kfp.example"})()
+
+    def _version(self, name: str, path: str) -> object:
+        spec = list(yaml.safe_load_all(Path(path).read_text()))[0]
+        v = type("V", (), {"pipeline_version_id": f"v-{len(self.versions) + 1}", "display_name": name})()
+        v.pipeline_spec = {"pipeline_spec": spec, "platform_spec": {}}
+        self.versions.append(v)
+        return v
 
     def get_pipeline_id(self, name):
         return self.pipelines.get(name)
@@ -219,15 +308,20 @@ class FakeKfpClient:
     def upload_pipeline(self, path, pipeline_name=None, description=None):
         self.calls.append(("upload_pipeline", path, pipeline_name))
         self.pipelines[pipeline_name] = "p-1"
+        self._version(pipeline_name, path)
         return type("P", (), {"pipeline_id": "p-1"})()
 
-    def list_pipeline_versions(self, pipeline_id, page_size=10):
-        v = type("V", (), {"pipeline_version_id": "v-1", "display_name": "photogenic-quality-tuning"})()
-        return type("L", (), {"pipeline_versions": [v]})()
+    def list_pipeline_versions(self, pipeline_id, page_token="", page_size=10):
+        start = int(page_token or 0)
+        page = self.versions[start : start + page_size]
+        more = str(start + page_size) if start + page_size < len(self.versions) else ""
+        return type("L", (), {"pipeline_versions": page or None, "next_page_token": more})()
 
     def upload_pipeline_version(self, path, pipeline_version_name, pipeline_id=None):
+        if any(v.display_name == pipeline_version_name for v in self.versions):
+            raise RuntimeError(f"(409) Conflict: version {pipeline_version_name} already exists")
         self.calls.append(("upload_pipeline_version", path, pipeline_version_name, pipeline_id))
-        return type("V", (), {"pipeline_version_id": "v-2"})()
+        return self._version(pipeline_version_name, path)
 
     def get_experiment(self, experiment_name=None):
         raise RuntimeError("not found")
@@ -246,22 +340,31 @@ class FakeKfpClient:
         return type("R", (), {"state": "FAILED", "error": type("E", (), {"message": "task pretrain failed"})()})()
 
 
-def test_upload_creates_a_pipeline_then_adds_versions_named_after_the_compiled_version() -> None:
+def test_upload_creates_a_pipeline_then_adds_versions_named_after_the_compiled_version_once() -> None:
     from photogenic.pipelines.client import submit, upload
 
     fresh = FakeKfpClient()
     first = upload(fresh)
     assert first.created_pipeline and fresh.calls[0][0] == "upload_pipeline"
     existing = FakeKfpClient(existing="p-9")
+    existing.versions = [
+        type("V", (), {"pipeline_version_id": f"old-{i}", "display_name": f"0.0.{i}"})() for i in range(150)
+    ]
     second = upload(existing)
     expected = read_version(COMPILED).replace("+", "-")
     assert (
         existing.calls == [("upload_pipeline_version", str(COMPILED), expected, "p-9")] and not second.created_pipeline
     )
+    # Repeating the upload step (the README's walkthrough) finds the version on the second page.
+    again = upload(existing)
+    assert again.existed and again.version_id == second.version_id and len(existing.calls) == 1
+    # The first version of a new pipeline carries the pipeline's name: found by the version its spec records.
+    assert upload(fresh).existed and fresh.calls == [("upload_pipeline", str(COMPILED), "photogenic-quality-tuning")]
     out = submit(existing, "photogenic", {"preset": "demo", "overrides": []}, "run-a", second, wait_s=60)
     assert out["state"] == "FAILED" and out["error"] == "task pretrain failed"
     assert out["url"] == "http://kfp.example/#/runs/details/r-1"
-    assert ("run_pipeline", "e-1", "run-a", {"preset": "demo", "overrides": []}, "p-9", "v-2") in existing.calls
+    run_call = ("run_pipeline", "e-1", "run-a", {"preset": "demo", "overrides": []}, "p-9", second.version_id)
+    assert run_call in existing.calls
 
 
 def test_pipeline_run_rejects_a_bad_override_before_contacting_any_server() -> None:

@@ -212,6 +212,20 @@ def store_put(src: str, uri: str) -> None:
     click.echo(f"{info.uri}  {info.size} bytes  sha256 {info.sha256}")
 
 
+@store_group.command("mb")
+@click.argument("uri")
+@_friendly_errors
+def store_mb(uri: str) -> None:
+    """Create the bucket of an s3:// URI if it does not exist (safe to repeat)."""
+    from photogenic.storage import S3Store
+
+    store = open_store(uri)
+    if not isinstance(store, S3Store):
+        raise click.BadParameter(f"{uri!r} is not an s3:// URI", param_hint="URI")
+    created = store.make_bucket()
+    click.echo(f"s3://{store.bucket}: {'created' if created else 'exists already'} at {store.endpoint}")
+
+
 # --------------------------------------------------------------------------------------------- world
 
 
@@ -664,7 +678,12 @@ def job_group() -> None:
 
 def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--backend", type=click.Choice(["pytorchjob", "trainjob"]), default="pytorchjob"),
+        click.option(
+            "--backend",
+            type=click.Choice(["trainjob", "pytorchjob"]),
+            default="trainjob",
+            help="Kubeflow Trainer v2 TrainJob (runtime torch-distributed), or a training-operator v1 PyTorchJob.",
+        ),
         click.option("--recipe", type=click.Choice(["autoencoder", "pretrain", "quality-tune"]), default="pretrain"),
         click.option("--data", "-d", "data_uri", required=True, help="Manifest URI of the training dataset."),
         click.option("--base", "-b", default="", help="Model to start from."),
@@ -674,11 +693,17 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--name", default=None, help="Job name (default: photogenic-<recipe>-<run fingerprint>)."),
         click.option("--namespace", "-n", default="kubeflow", help="Namespace of the job."),
         click.option("--image", default=None, help="Training image (default: components/images.json)."),
+        click.option(
+            "--image-pull-secret",
+            "pull_secrets",
+            multiple=True,
+            help="Secret for pulling the image; repeat (default: components/images.json's).",
+        ),
         click.option("--nodes", default=1, type=click.IntRange(1), help="Nodes."),
         click.option("--gpus-per-node", default=8, type=click.IntRange(0), help="GPUs (and processes) per node."),
         click.option("--node-selector", multiple=True, help="key=value; repeat."),
         click.option("--gpu-toleration/--no-gpu-toleration", default=True, help="Tolerate nvidia.com/gpu taints."),
-        click.option("--cache-pvc", default="photogenic-cache", help="PVC mounted at /cache ('' for none)."),
+        click.option("--cache-pvc", default="", help="PVC mounted at /cache on every node (default: an emptyDir)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -686,7 +711,7 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _training_job(config: Config, kw: dict[str, Any]) -> Any:
-    from photogenic.components.images import TRAIN_IMAGE
+    from photogenic.components.images import PULL_SECRETS, TRAIN_IMAGE
     from photogenic.config import overrides_from
     from photogenic.launcher import GPU_TOLERATIONS
     from photogenic.tasks import train_args, training_job
@@ -709,6 +734,7 @@ def _training_job(config: Config, kw: dict[str, Any]) -> Any:
         node_selector=dict(item.split("=", 1) for item in kw["node_selector"]),
         tolerations=GPU_TOLERATIONS if kw["gpu_toleration"] else (),
         cache_pvc=kw["cache_pvc"],
+        image_pull_secrets=kw["pull_secrets"] or PULL_SECRETS,
     )
 
 
@@ -774,7 +800,8 @@ _package_option = click.option(
 @_package_option
 @click.option("--name", default=None, help="Pipeline name (default: photogenic-quality-tuning).")
 def pipeline_upload_cmd(host: str | None, package: str | None, name: str | None) -> None:
-    """Upload the compiled pipeline: a new pipeline, or a new version of an existing one."""
+    """Upload the compiled pipeline: a new pipeline, or a new version of an existing one (nothing if the
+    server has this version already)."""
     from photogenic.pipelines import client as kfp_client
     from photogenic.pipelines.compiler import COMPILED
     from photogenic.pipelines.quality_tuning import PIPELINE_NAME

@@ -8,6 +8,10 @@ Two backends, one interface:
   ClusterTrainingRuntime, built and validated with the `kubeflow-trainer-api` models.
 
 The launcher pod holds no GPU: the task's GPU count, node selector and tolerations go to the job's pods.
+While it waits it watches the job's pods too: an image that cannot be pulled, a missing Secret or
+ConfigMap key, or a pod that stays unschedulable fails the task at once with the pod's reason, instead
+of after the job's timeout. Run in a pod, it makes that pod the job's owner, so deleting the launcher
+(or its pipeline run) deletes the job.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ __all__ = [
     "S3_SECRET_KEYS",
     "GPU_TOLERATIONS",
     "CONFIG_MAP_KEYS",
+    "PodRef",
+    "this_pod",
+    "RUN_AS",
 ]
 
 log = logging.getLogger(__name__)
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 Backend = Literal["pytorchjob", "trainjob"]
 BACKENDS: tuple[str, ...] = ("pytorchjob", "trainjob")
 _CONTAINER = {"pytorchjob": "pytorch", "trainjob": "node"}  # the names each operator expects
+RUN_AS = 10001  # the images' user and group (images/*/Dockerfile); also the volumes' group (fsGroup)
 
 # Training pods tolerate the taint GPU nodes usually carry (the pipeline's default, `job render`'s too).
 GPU_TOLERATIONS: tuple[dict[str, str], ...] = ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},)
@@ -60,6 +68,25 @@ class LaunchError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class PodRef:
+    """A pod that owns the job (the launcher's own pod): deleting it deletes the job."""
+
+    name: str
+    uid: str
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid}
+
+
+def this_pod() -> PodRef | None:
+    """The pod this process runs in, from the variables KFP's executor sets (`KFP_POD_NAME`, `KFP_POD_UID`)."""
+    import os
+
+    name, uid = os.environ.get("KFP_POD_NAME", ""), os.environ.get("KFP_POD_UID", "")
+    return PodRef(name, uid) if name and uid else None
+
+
+@dataclass(frozen=True)
 class TrainingJob:
     """Everything the job needs; nothing here is a secret (credentials come from `secret` as env).
 
@@ -76,7 +103,10 @@ class TrainingJob:
         config_map: the ConfigMap holding `CONFIG_MAP_KEYS` (S3 endpoint, region, MLflow URI).
         service_account: the pods' ServiceAccount.
         node_selector, tolerations: scheduling, passed through from the pipeline task.
-        cache_pvc: a PVC mounted at /cache for the dataset cache and compiled ops.
+        cache_pvc: a PVC mounted at /cache (the workspace: local copies of shards and models); "" for an
+            emptyDir per pod. Either is writable by the pods' user (fsGroup).
+        image_pull_secrets: Secrets for pulling `image` from a private registry.
+        owner: the pod that owns the job (`this_pod()`): the job is deleted with it.
         runtime: the Trainer v2 ClusterTrainingRuntime (`trainjob` only).
     """
 
@@ -95,6 +125,8 @@ class TrainingJob:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: Sequence[Mapping[str, Any]] = ()
     cache_pvc: str = ""
+    image_pull_secrets: tuple[str, ...] = ()
+    owner: PodRef | None = None
     runtime: str = "torch-distributed"
 
     def __post_init__(self) -> None:
@@ -147,27 +179,36 @@ def _pod_spec(job: TrainingJob, container: str) -> Any:
         )
         for k in S3_SECRET_KEYS
     ]
+    # Required: without the ConfigMap the pods would run against pod-local paths and no MLflow server.
     env += [
         k8s.V1EnvVar(
             name=k,
             value_from=k8s.V1EnvVarSource(
-                config_map_key_ref=k8s.V1ConfigMapKeySelector(name=job.config_map, key=k, optional=True)
+                config_map_key_ref=k8s.V1ConfigMapKeySelector(name=job.config_map, key=k, optional=False)
             ),
         )
         for k in CONFIG_MAP_KEYS
     ]
+    mounts.append(k8s.V1VolumeMount(name="cache", mount_path="/cache"))
     if job.cache_pvc:
-        mounts.append(k8s.V1VolumeMount(name="cache", mount_path="/cache"))
         volumes.append(
             k8s.V1Volume(name="cache", persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(job.cache_pvc))
         )
-        env.append(k8s.V1EnvVar(name="PHOTOGENIC_WORKSPACE", value="/cache"))
+    else:
+        volumes.append(k8s.V1Volume(name="cache", empty_dir=k8s.V1EmptyDirVolumeSource()))
+    env.append(k8s.V1EnvVar(name="PHOTOGENIC_WORKSPACE", value="/cache"))
     return k8s.V1PodSpec(
         service_account_name=job.service_account,
         node_selector=dict(job.node_selector) or None,
         tolerations=[k8s.V1Toleration(**_snake(t)) for t in job.tolerations] or None,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=s) for s in job.image_pull_secrets] or None,
+        # fsGroup: a fresh volume's root belongs to root; the kubelet gives it to the pods' group.
         security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True, seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")
+            run_as_non_root=True,
+            run_as_user=RUN_AS,
+            run_as_group=RUN_AS,
+            fs_group=RUN_AS,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
         ),
         containers=[
             k8s.V1Container(
@@ -184,6 +225,17 @@ def _pod_spec(job: TrainingJob, container: str) -> Any:
         ],
         volumes=volumes,
     )
+
+
+def _metadata(job: TrainingJob) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": job.name,
+        "namespace": job.namespace,
+        "labels": {"app.kubernetes.io/part-of": "photogenic"},
+    }
+    if job.owner is not None:
+        meta["owner_references"] = [job.owner.owner_reference()]
+    return meta
 
 
 def _snake(toleration: Mapping[str, Any]) -> dict[str, Any]:
@@ -221,9 +273,7 @@ def pytorchjob(job: TrainingJob) -> dict[str, Any]:
     body = m.KubeflowOrgV1PyTorchJob(
         api_version="kubeflow.org/v1",
         kind="PyTorchJob",
-        metadata=k8s.V1ObjectMeta(
-            name=job.name, namespace=job.namespace, labels={"app.kubernetes.io/part-of": "photogenic"}
-        ),
+        metadata=k8s.V1ObjectMeta(**_metadata(job)),
         spec=m.KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(job.procs_per_node),
             pytorch_replica_specs=specs,
@@ -252,6 +302,7 @@ def trainjob(job: TrainingJob) -> dict[str, Any]:
         ],
         **({"nodeSelector": pod["nodeSelector"]} if pod.get("nodeSelector") else {}),
         **({"tolerations": pod["tolerations"]} if pod.get("tolerations") else {}),
+        **({"imagePullSecrets": pod["imagePullSecrets"]} if pod.get("imagePullSecrets") else {}),
     }
     body = {
         "apiVersion": "trainer.kubeflow.org/v1alpha1",
@@ -260,6 +311,7 @@ def trainjob(job: TrainingJob) -> dict[str, Any]:
             "name": job.name,
             "namespace": job.namespace,
             "labels": {"app.kubernetes.io/part-of": "photogenic"},
+            **({"ownerReferences": [job.owner.owner_reference()]} if job.owner else {}),
         },
         "spec": {
             "runtimeRef": {"name": job.runtime},
@@ -315,10 +367,55 @@ _KINDS: dict[str, tuple[str, str, str, Callable[[TrainingJob], dict[str, Any]]]]
 }
 
 
+def _job_selector(backend: str, name: str) -> str:
+    """The labels every pod of the job carries (the operator's, or JobSet's for a TrainJob)."""
+    if backend == "pytorchjob":
+        return f"training.kubeflow.org/job-name={name}"
+    return f"jobset.sigs.k8s.io/jobset-name={name}"
+
+
 def _master_selector(backend: str, name: str) -> str:
     if backend == "pytorchjob":
-        return f"training.kubeflow.org/job-name={name},training.kubeflow.org/replica-type=master"
-    return f"jobset.sigs.k8s.io/jobset-name={name},batch.kubernetes.io/job-completion-index=0"
+        return f"{_job_selector(backend, name)},training.kubeflow.org/replica-type=master"
+    return f"{_job_selector(backend, name)},batch.kubernetes.io/job-completion-index=0"
+
+
+# Container states that do not heal by waiting: the image cannot be had, or the pod's Secret or ConfigMap
+# (or a key of it) is missing. `ErrImagePull` alone may be a registry hiccup; the kubelet's backoff after
+# it (`ImagePullBackOff`) is not.
+FATAL_WAITING = frozenset(
+    {"ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError"}
+)
+
+
+def pod_failure(pod: Any, unschedulable_for: float, unschedulable_s: float) -> str | None:
+    """Why `pod` cannot make progress, or None: a fatal container state, or unschedulable for too long.
+
+    Args:
+        pod: a `V1Pod` (from `list_namespaced_pod`).
+        unschedulable_for: seconds this pod has been seen unschedulable so far.
+        unschedulable_s: how long an unschedulable pod may wait (a cluster autoscaler may add a node).
+    """
+    status = getattr(pod, "status", None)
+    name = pod.metadata.name
+    for cs in [
+        *(getattr(status, "init_container_statuses", None) or []),
+        *(getattr(status, "container_statuses", None) or []),
+    ]:
+        waiting = getattr(getattr(cs, "state", None), "waiting", None)
+        if waiting is not None and waiting.reason in FATAL_WAITING:
+            return f"pod {name}, container {cs.name}: {waiting.reason}: {waiting.message or 'no message'}"
+    if unschedulable_for > unschedulable_s:
+        reason = _unschedulable(pod)
+        return f"pod {name} could not be scheduled for {unschedulable_for:.0f}s: {reason}"
+    return None
+
+
+def _unschedulable(pod: Any) -> str | None:
+    for cond in getattr(getattr(pod, "status", None), "conditions", None) or []:
+        if cond.type == "PodScheduled" and cond.status == "False" and cond.reason == "Unschedulable":
+            return cond.message or "Unschedulable"
+    return None
 
 
 def _finished(backend: str, obj: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -350,9 +447,10 @@ def kube_apis() -> tuple[Any, Any]:
 
 def launch(
     job: TrainingJob,
-    backend: Backend = "pytorchjob",
+    backend: Backend = "trainjob",
     timeout_s: float = 7 * 24 * 3600,
     poll_s: float = 15.0,
+    unschedulable_s: float = 900.0,
     apis: tuple[Any, Any] | None = None,
     cleanup: bool = True,
     out: Any = None,
@@ -363,9 +461,10 @@ def launch(
 
     Args:
         job: what to run.
-        backend: `pytorchjob` or `trainjob`.
+        backend: `trainjob` (Kubeflow Trainer v2) or `pytorchjob` (training operator v1).
         timeout_s: give up (and delete the job) after this long.
         poll_s: seconds between status checks.
+        unschedulable_s: fail when a pod of the job has been unschedulable this long.
         apis: (CustomObjectsApi, CoreV1Api); default from the cluster config.
         cleanup: delete the job when done, whatever the outcome.
         out: where the master's log goes (default stderr).
@@ -374,7 +473,8 @@ def launch(
         The job's final message.
 
     Raises:
-        LaunchError: naming the job, when it cannot be created, fails (with the operator's reason) or times out.
+        LaunchError: naming the job, when it cannot be created, fails (with the operator's reason), a pod of
+            it cannot start (with the pod's reason), or it times out.
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -391,12 +491,17 @@ def launch(
         if exc.status != 409:  # 409: a retried task finds its own job already there, and waits for it
             raise LaunchError(f"cannot create {where}: {exc.status} {exc.reason}: {_api_message(exc)}") from exc
         log.info("%s exists already (a retry): waiting for it", where)
+        _adopt(custom, (group, version, plural), job)
     logs = _LogFollower(core, job.namespace, _master_selector(backend, job.name), out or sys.stderr)
+    pods = _PodWatch(core, job.namespace, _job_selector(backend, job.name), unschedulable_s, clock)
     started = clock()
     try:
         while True:
             obj = custom.get_namespaced_custom_object(group, version, job.namespace, plural, job.name)
             logs.poll()
+            stuck = pods.poll()
+            if stuck is not None:
+                raise LaunchError(f"{where} cannot run: {stuck}")
             ended = _finished(backend, obj)
             if ended is not None:
                 logs.poll()
@@ -418,6 +523,19 @@ def launch(
                     log.warning("could not delete %s: %s %s", where, exc.status, exc.reason)
 
 
+def _adopt(custom: Any, kind: tuple[str, str, str], job: TrainingJob) -> None:
+    """A retried launcher pod adds itself to the existing job's owners (the failed pod may be deleted)."""
+    if job.owner is None:
+        return
+    group, version, plural = kind
+    obj = custom.get_namespaced_custom_object(group, version, job.namespace, plural, job.name)
+    owners = list((obj.get("metadata") or {}).get("ownerReferences") or [])
+    if any(o.get("uid") == job.owner.uid for o in owners):
+        return
+    patch = {"metadata": {"ownerReferences": [*owners, job.owner.owner_reference()]}}
+    custom.patch_namespaced_custom_object(group, version, job.namespace, plural, job.name, patch)
+
+
 def _api_message(exc: Any) -> str:
     import json
 
@@ -425,6 +543,39 @@ def _api_message(exc: Any) -> str:
         return json.loads(exc.body).get("message", "")
     except (TypeError, ValueError, AttributeError):
         return str(exc.body or "")
+
+
+@dataclass
+class _PodWatch:
+    """Looks at every pod of the job on each poll; says why one of them cannot run, if one cannot."""
+
+    core: Any
+    namespace: str
+    selector: str
+    unschedulable_s: float
+    clock: Callable[[], float]
+    pending_since: dict[str, float] = field(default_factory=dict)
+
+    def poll(self) -> str | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
+        except ApiException as exc:
+            log.warning("could not list the job's pods: %s %s", exc.status, exc.reason)
+            return None
+        now = self.clock()
+        for pod in pods:
+            name = pod.metadata.name
+            if _unschedulable(pod) is None:
+                self.pending_since.pop(name, None)
+                waited = 0.0
+            else:
+                waited = now - self.pending_since.setdefault(name, now)
+            failure = pod_failure(pod, waited, self.unschedulable_s)
+            if failure is not None:
+                return failure
+        return None
 
 
 @dataclass

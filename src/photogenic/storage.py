@@ -618,6 +618,25 @@ class S3Store(Store):
         with self._errors(key, "delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def make_bucket(self) -> bool:
+        """Create the bucket if it is missing; True if this call created it (safe to repeat)."""
+        from botocore.exceptions import ClientError
+
+        with _S3Errors(self, f"s3://{self.bucket}", "create the bucket"):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+                return False
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except ClientError as exc:  # created by someone else in between: as good
+                if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                    raise
+                return False
+            return True
+
     def _errors(self, key: str, action: str) -> _S3Errors:
         return _S3Errors(self, self.uri(key), action)
 

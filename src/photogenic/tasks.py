@@ -37,11 +37,17 @@ __all__ = [
     "summarize",
     "gate",
     "KFP_RUN_TAG",
+    "RUN_ID_ENV",
+    "pipeline_run_id",
+    "parent_run_id",
 ]
 
 log = logging.getLogger(__name__)
 
 KFP_RUN_TAG = "photogenic.kfp_run_id"
+# This pipeline run's id, in every task's environment: on a cluster from the pod's `pipeline/runid` label
+# (pipelines/kubernetes.py), locally from the runner (pipelines/local.py).
+RUN_ID_ENV = "PHOTOGENIC_KFP_RUN_ID"
 
 
 def plain(value: Any) -> Any:
@@ -67,11 +73,32 @@ def task_config(preset: str, overrides: Sequence[str]) -> Config:
 # --------------------------------------------------------------------------------------------- parent run
 
 
+def pipeline_run_id(kfp_run_id: str = "") -> str:
+    """This pipeline run's id: `$PHOTOGENIC_KFP_RUN_ID` where set, else `kfp_run_id`."""
+    return os.environ.get(RUN_ID_ENV) or kfp_run_id
+
+
+def parent_run_id(config: Config) -> str:
+    """The MLflow parent run of this pipeline run ("" outside one), found by its run-id tag.
+
+    Cached tasks look it up rather than take it as an input: an input that changes every run changes
+    the task's cache key every run, and KFP would never reuse a result.
+    """
+    run_id = pipeline_run_id()
+    if not run_id:
+        return ""
+    found = _find_parent(Tracker(config), run_id)
+    if not found:
+        log.warning("no MLflow parent run tagged %s=%s: this stage's run has no parent", KFP_RUN_TAG, run_id)
+    return found or ""
+
+
 def open_pipeline_run(config: Config, kfp_run_id: str, pipeline_version: str) -> str:
     """Open the pipeline's MLflow parent run, tagged with the KFP run id; returns its run id.
 
     A retried task finds the run it opened before (same KFP run id) instead of opening another.
     """
+    kfp_run_id = pipeline_run_id(kfp_run_id)
     tracker = Tracker(config)
     existing = _find_parent(tracker, kfp_run_id)
     if existing:
@@ -95,6 +122,7 @@ def close_pipeline_run(config: Config, kfp_run_id: str, state: str, error: str =
     Returns:
         The MLflow status written, or "" when no parent run was opened (the first task failed).
     """
+    kfp_run_id = pipeline_run_id(kfp_run_id)
     tracker = Tracker(config)
     run_id = _find_parent(tracker, kfp_run_id)
     if not run_id:
@@ -199,6 +227,7 @@ def launch_training(
     image: str,
     nodes: int,
     gpus_per_node: int,
+    image_pull_secrets: Sequence[str] = (),
     namespace: str = "",
     job_key: str = "",
     node_selector: Mapping[str, str] | None = None,
@@ -216,17 +245,19 @@ def launch_training(
 
     Args:
         preset, overrides: the pipeline's config (passed on to the pods verbatim).
-        backend: `pytorchjob` (kubeflow.org/v1) or `trainjob` (Trainer v2).
+        backend: `trainjob` (Trainer v2) or `pytorchjob` (kubeflow.org/v1).
         image: the training image.
+        image_pull_secrets: Secrets for pulling it.
         nodes, gpus_per_node: the job's size.
         namespace: where the job goes; default this pod's namespace.
-        job_key: makes the job name unique (the KFP run id); default the run URI's fingerprint.
+        job_key: makes the job name unique; default the run URI's fingerprint (a pipeline run with the
+            same inputs finds the same job: it waits for it rather than starting a second one).
         node_selector, tolerations, cache_pvc: passed through to the job's pods.
         timeout_s: fail the task (and delete the job) after this long.
         apis: Kubernetes API clients (tests pass fakes).
         replay: a dataset the recipe rehearses (`replay_fraction`, `guidance_preservation`); "" for none.
     """
-    from photogenic.launcher import launch
+    from photogenic.launcher import launch, this_pod
     from photogenic.train.trainer import finished_model, run_uri
 
     out = run_uri(recipe, config, data_uri, base or None, judges or None, replay=replay or None)
@@ -247,6 +278,8 @@ def launch_training(
         node_selector=node_selector,
         tolerations=tolerations,
         cache_pvc=cache_pvc,
+        image_pull_secrets=image_pull_secrets,
+        owner=None if namespace else this_pod(),  # an owner must live in the job's namespace
     )
     launch(job, backend=backend, timeout_s=timeout_s, apis=apis)  # type: ignore[arg-type]
     done = finished_model(recipe, steps, model_uri, config)
@@ -289,6 +322,8 @@ def training_job(
     node_selector: Mapping[str, str] | None = None,
     tolerations: Sequence[Mapping[str, Any]] = (),
     cache_pvc: str = "",
+    image_pull_secrets: Sequence[str] = (),
+    owner: Any = None,
 ) -> Any:
     """The training-operator job that runs `args` (from `train_args`) for the run at `out`; named
     `name`, else `photogenic-<recipe>-<name_key>`, else after the run URI's fingerprint."""
@@ -305,6 +340,8 @@ def training_job(
         node_selector=dict(node_selector or {}),
         tolerations=tuple(tolerations),
         cache_pvc=cache_pvc,
+        image_pull_secrets=tuple(image_pull_secrets),
+        owner=owner,
     )
 
 
