@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from photogenic.pipelines.compiler import COMPILED, read_version
 from photogenic.pipelines.quality_tuning import PIPELINE_NAME
 
-__all__ = ["connect", "upload", "submit", "Uploaded"]
+__all__ = ["connect", "upload", "submit", "Uploaded", "parse_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,41 @@ def upload(client: Any, package: str | Path = COMPILED, name: str = PIPELINE_NAM
     version = client.upload_pipeline_version(package, pipeline_version_name=vname, pipeline_id=pipeline_id)
     log.info("uploaded version %s of pipeline %s", vname, name)
     return Uploaded(pipeline_id, version.pipeline_version_id, vname, False)
+
+
+_PARSERS = {
+    "STRING": str,
+    "NUMBER_INTEGER": int,
+    "NUMBER_DOUBLE": float,
+    "BOOLEAN": lambda raw: {"true": True, "false": False}[raw.lower()],
+    "LIST": json.loads,
+    "STRUCT": json.loads,
+}
+
+
+def parse_arguments(items: Sequence[str], package: str | Path = COMPILED) -> dict[str, Any]:
+    """`name=value` pipeline arguments, typed as the compiled pipeline declares them (`train_cpu=2` stays
+    the string "2"; `task_gpus=0` is an integer; lists and dicts are JSON). An unknown name or a value of
+    the wrong type is an error here, before any server is contacted."""
+    import yaml
+
+    spec = next(yaml.safe_load_all(Path(package).read_text()))
+    if "pipelineSpec" in spec.get("spec", {}):  # the GitOps PipelineVersion form
+        spec = spec["spec"]["pipelineSpec"]
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not name=value")
+        if key not in declared:
+            raise ValueError(f"{key!r} is not a parameter of the pipeline; parameters: {', '.join(sorted(declared))}")
+        kind = declared[key]["parameterType"]
+        try:
+            out[key] = _PARSERS[kind](raw)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{key}={raw!r}: not a {kind.lower().replace('_', ' ')}") from exc
+    return out
 
 
 _SPEC_VERSION = re.compile(r"^Photogenic (\S+): ")

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
-OVERLAYS = ("base", "overlays/local", "overlays/gpu")
+OVERLAYS = ("base", "overlays/local", "overlays/gpu", "overlays/multi-user")
 CUSTOM_KINDS = {"PyTorchJob", "TrainJob", "Pipeline", "PipelineVersion"}
 
 
@@ -222,3 +222,184 @@ def test_the_images_named_by_the_components_are_the_ones_images_build_writes(tmp
     assert set(IMAGES) == {p.name for p in (ROOT / "images").iterdir() if (p / "Dockerfile").exists()}
     dockerignore = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", ".git", "photogenic-workspace"} <= set(dockerignore)
+
+
+# --------------------------------------------------------------------------------------------- cluster defects
+
+
+def _ref_key(ref: str) -> tuple[str, str]:
+    """(name, digest) where a digest pins the image, else (name, tag): how kustomize and KFP may write it."""
+    from photogenic.components.images import split_ref
+
+    name, tag, digest = split_ref(ref)
+    return (name, digest or tag)
+
+
+def test_one_file_names_every_image_and_pull_secret_the_cluster_uses(tmp_path: Path) -> None:
+    import shutil
+
+    from photogenic.components.images import IMAGES, PULL_SECRETS, SERVICE_ACCOUNTS, TRAIN_IMAGE, write_kustomize
+
+    checked_in = MANIFESTS / "base" / "images" / "kustomization.yaml"
+    assert write_kustomize(tmp_path / "k.yaml").read_text() == checked_in.read_text(), "stale: run `make manifests`"
+    ours = {_ref_key(ref) for ref in IMAGES.values()}
+    for overlay in OVERLAYS:
+        docs = kustomize(overlay)
+        images = [c["image"] for d in docs for c in containers(d) if "photogenic" in c["image"]]
+        assert images and all(_ref_key(i) in ours for i in images), (overlay, images)
+        accounts = [d for d in docs if d["kind"] == "ServiceAccount" and d["metadata"]["name"] in SERVICE_ACCOUNTS]
+        assert len(accounts) == 2 and all(
+            a["imagePullSecrets"] == [{"name": s} for s in PULL_SECRETS] for a in accounts
+        ), overlay
+    for backend in ("pytorchjob", "trainjob"):
+        text = (MANIFESTS / "jobs" / f"pretrain-{backend}.yaml").read_text()
+        assert f"image: {TRAIN_IMAGE}" in text and "name: photogenic-registry" in text
+
+    # Another registry, pinned by digest, with a corporate pull secret: the manifests follow.
+    copy = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copy)
+    digest = "sha256:" + "a" * 64
+    data = {
+        "images": {
+            "photogenic": f"registry.example.com/ml/photogenic:0.2.0@{digest}",
+            "photogenic-train": "registry.example.com/ml/photogenic-train:0.2.0",
+        },
+        "pull_secrets": ["corp-registry"],
+    }
+    write_kustomize(copy / "base" / "images" / "kustomization.yaml", data)
+    out = subprocess.run(["kubectl", "kustomize", str(copy / "overlays" / "local")], capture_output=True, text=True)
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    (mlflow,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow"]
+    assert containers(mlflow)[0]["image"] == f"registry.example.com/ml/photogenic@{digest}"
+    assert {d["metadata"]["name"]: d.get("imagePullSecrets") for d in docs if d["kind"] == "ServiceAccount"} == {
+        "mlflow": [{"name": "corp-registry"}],
+        "photogenic-pipeline": [{"name": "corp-registry"}],
+    }
+
+
+def _build_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("photogenic_images_build", ROOT / "images" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("outcome", ["built", "failed", "pushed"])
+def test_images_build_names_the_new_images_before_building_them(
+    outcome: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The images carry components/images.json (the launcher read its training image from it): it must
+    name the images being built while they are built; a failed build puts it back; a push pins digests."""
+    build = _build_module(monkeypatch)
+    images_json = tmp_path / "images.json"
+    old = (ROOT / "components" / "images.json").read_text()
+    images_json.write_text(old)
+    monkeypatch.setattr(build, "IMAGES_JSON", images_json)
+    monkeypatch.setattr(build, "find_engine", lambda wanted=None: "podman")
+    monkeypatch.setattr(build, "image_size", lambda engine, ref: None)
+    monkeypatch.setattr(build.PipSettings, "from_env", classmethod(lambda cls: cls(None, None, None)))
+    seen: dict[str, dict] = {}
+    digest = "sha256:" + "b" * 64
+
+    def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
+        if cmd[1] == "build":
+            ref = cmd[cmd.index("-t") + 1]
+            seen[ref] = json.loads(images_json.read_text())["images"]
+            failed = outcome == "failed" and "photogenic-train" in ref
+            return subprocess.CompletedProcess(cmd, 1 if failed else 0)
+        if cmd[1] == "push":
+            Path(cmd[cmd.index("--digestfile") + 1]).write_text(digest)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+    monkeypatch.setattr(build.subprocess, "run", run)
+    args = ["--registry", "registry.example.com/ml", "--tag", "0.2.0"] + (["--push"] if outcome == "pushed" else [])
+    code = build.main(args)
+    new = {n: f"registry.example.com/ml/{n}:0.2.0" for n in ("photogenic", "photogenic-train")}
+    assert len(seen) == 2 and all(images == new for images in seen.values())
+    if outcome == "failed":
+        assert code == 1 and images_json.read_text() == old
+        return
+    recorded = json.loads(images_json.read_text())
+    assert code == 0 and recorded["pull_secrets"] == json.loads(old)["pull_secrets"]
+    expected = {n: f"{r}@{digest}" for n, r in new.items()} if outcome == "pushed" else new
+    assert recorded["images"] == expected
+
+
+def test_the_training_image_prebuilds_deepspeeds_cuda_ops_and_fails_without_them() -> None:
+    """A build machine has no GPU: without DS_ACCELERATOR DeepSpeed builds CPU ops only, silently."""
+    stages = _stages(ROOT / "images" / "photogenic-train" / "Dockerfile")
+    (run,) = [line for line in stages[0] if line.startswith("RUN") and "deepspeed==" in line]
+    install, check = run.split("&&", 1)
+    assert "DS_ACCELERATOR=cuda" in install.split("pip install")[0]
+    ops = [op.lower() for op in re.findall(r"DS_BUILD_(\w+)=1", install) if op != "OPS"]
+    assert {"fused_adam", "cpu_adam"} <= set(ops)
+    assert "installed_ops" in check and "accelerator_name" in check and "cuda" in check
+    assert all(f"'{op}'" in check for op in ops), "every op asked for is checked"
+    # At run time the accelerator is detected: the same image runs on CPU-only clusters (task_gpus=0).
+    assert not any("DS_ACCELERATOR" in line for line in stages[-1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_volume_claim_waits_for_storage_a_cluster_may_not_have(overlay: str) -> None:
+    """ReadWriteMany needs a class that provides it (EFS, Filestore, NFS...): no default class does on
+    most clouds, and the claim stays Pending. Such a claim must name its class."""
+    docs = kustomize(overlay)
+    claims = [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    claims += [t for d in docs if d["kind"] == "StatefulSet" for t in d["spec"].get("volumeClaimTemplates", [])]
+    assert claims
+    for claim in claims:
+        if "ReadWriteMany" in claim["spec"]["accessModes"]:
+            assert claim["spec"].get("storageClassName"), claim["metadata"]["name"]
+    names = {c["metadata"]["name"] for c in claims}
+    assert ("photogenic-cache" in names) == (overlay == "overlays/gpu")  # only where multi-node jobs share it
+
+
+def test_the_multi_user_overlay_puts_the_pipelines_needs_in_the_profile_namespace() -> None:
+    docs = kustomize("overlays/multi-user")
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    binding = by_kind[("RoleBinding", "photogenic-launcher")]
+    profile = binding["metadata"]["namespace"]
+    assert profile not in ("kubeflow", "photogenic")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default-editor", "namespace": profile}]
+    for key in (
+        ("Role", "photogenic-launcher"),
+        ("ConfigMap", "photogenic-config"),
+        ("ServiceAccount", "photogenic-pipeline"),
+    ):
+        assert by_kind[key]["metadata"]["namespace"] == profile, key
+    assert by_kind[("Deployment", "mlflow")]["metadata"]["namespace"] == "photogenic"
+
+
+def _cluster_walkthrough() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Run on Kubeflow")
+    return text[start : text.index("\n## ", start + 5)]
+
+
+def test_the_readme_walkthrough_names_minimum_versions_the_bucket_step_and_the_overlays() -> None:
+    section = _cluster_walkthrough()
+    for needed in ("Kubeflow Pipelines 2.5", "Kubeflow Trainer 2.2", "training operator 1.7", "KFP 2.14"):
+        assert needed in section, needed
+    assert "photogenic store mb s3://photogenic" in section
+    for overlay in ("overlays/local", "overlays/gpu", "overlays/multi-user"):
+        assert overlay in section
+    assert "torch-distributed" in section  # the runtime a TrainJob expects
+    for param in ("task_gpus", "train_cpu", "train_memory", "data_cpu", "data_memory", "job_cache_pvc"):
+        assert param in section, param
+
+
+def test_the_readme_bucket_step_creates_the_bucket_and_is_safe_to_repeat(s3_env: Any) -> None:
+    from photogenic.cli import main
+
+    (command,) = re.findall(r"photogenic (store mb s3://[\w.-]+)", _cluster_walkthrough())
+    args = shlex.split(command)
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert first.exit_code == 0 and "created" in first.output, first.output
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0 and "exists already" in again.output, again.output
+    local = CliRunner().invoke(main, ["store", "mb", "/tmp/not-a-bucket"])
+    assert local.exit_code != 0 and "not an s3:// URI" in local.output

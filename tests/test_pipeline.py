@@ -372,6 +372,27 @@ def test_pipeline_run_rejects_a_bad_override_before_contacting_any_server() -> N
     assert result.exit_code != 0 and "unknown config key 'train.nope'" in str(result.exception or result.output)
 
 
+def test_pipeline_arguments_are_typed_as_the_pipeline_declares_them() -> None:
+    from photogenic.pipelines.client import parse_arguments
+
+    # The README's sizes for overlays/local: CPU counts stay strings, GPU counts are integers.
+    local = ["task_gpus=0", "train_cpu=2", "train_memory=6Gi", "data_cpu=1", "data_memory=3Gi"]
+    assert parse_arguments(local) == {
+        "task_gpus": 0,
+        "train_cpu": "2",
+        "train_memory": "6Gi",
+        "data_cpu": "1",
+        "data_memory": "3Gi",
+    }
+    assert parse_arguments(['gpu_node_selector={"pool": "h100"}']) == {"gpu_node_selector": {"pool": "h100"}}
+    with pytest.raises(ValueError, match="'task_gpu' is not a parameter of the pipeline"):
+        parse_arguments(["task_gpu=0"])
+    with pytest.raises(ValueError, match="task_gpus='one': not a number integer"):
+        parse_arguments(["task_gpus=one"])
+    result = CliRunner().invoke(main, ["pipeline", "run", "--host", "http://127.0.0.1:9", "--param", "gpus=8"])
+    assert result.exit_code != 0 and "'gpus' is not a parameter" in result.output
+
+
 def test_the_registration_gate_reads_interval_bounds() -> None:
     from photogenic.tasks import gate
 

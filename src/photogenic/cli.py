@@ -817,7 +817,12 @@ def pipeline_upload_cmd(host: str | None, package: str | None, name: str | None)
 @click.option("--run-name", default=None, help="Run name (default: photogenic-<preset>-<time>).")
 @click.option("--preset", "-p", default="demo", help="Config preset for every stage.")
 @click.option("--set", "overrides", multiple=True, help="Config override key=value; repeat.")
-@click.option("--param", "params", multiple=True, help="Other pipeline parameter name=value (JSON values); repeat.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    help="Other pipeline parameter name=value (typed as the pipeline declares); repeat.",
+)
 @click.option(
     "--upload", "do_upload", is_flag=True, help="Upload as a new pipeline version first and run that version."
 )
@@ -844,14 +849,10 @@ def pipeline_run_cmd(
 
     load_config(preset, overrides=overrides)  # a wrong key fails here, not in the cluster an hour later
     arguments: dict[str, Any] = {"preset": preset, "overrides": list(overrides)}
-    for item in params:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r} is not name=value", param_hint="--param")
-        try:
-            arguments[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            arguments[key] = raw
+    try:
+        arguments.update(kfp_client.parse_arguments(params, package or COMPILED))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--param") from exc
     client = kfp_client.connect(host)
     uploaded = kfp_client.upload(client, package or COMPILED) if do_upload else None
     name = run_name or f"photogenic-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
