@@ -351,7 +351,16 @@ def test_a_pod_unschedulable_past_the_grace_fails_with_the_schedulers_message() 
 def test_a_slow_image_pull_is_not_a_failure() -> None:
     custom = FakeCustomObjects(lambda n, _: _condition("Complete") if n >= 3 else None)
     core = PodsCore(lambda n: [_pod("n-0", "ContainerCreating"), _pod("n-1", "ErrImagePull", "i/o timeout")])
-    launch(_job(), apis=(custom, core), out=io.StringIO(), sleep=lambda s: None)  # type: ignore[arg-type]
+    slept: list[float] = []
+    launch(
+        _job(),
+        "trainjob",
+        timeout_s=3600,
+        apis=(custom, core),
+        out=io.StringIO(),
+        clock=lambda: sum(slept),
+        sleep=slept.append,
+    )  # type: ignore[arg-type]
     assert custom.deleted == ["photogenic-pretrain-abc"]
 
 
@@ -429,5 +438,13 @@ def test_the_default_backend_is_kubeflow_trainer_v2(tmp_path: Path) -> None:
     body = __import__("yaml").safe_load(result.output)
     assert body["kind"] == "TrainJob" and body["spec"]["runtimeRef"]["name"] == "torch-distributed"
     custom = FakeCustomObjects(lambda n, _: _condition("Complete"))
-    launch(_job(), apis=(custom, FakeCore([])), out=io.StringIO())  # type: ignore[arg-type]
+    slept: list[float] = []
+    launch(
+        _job(),
+        timeout_s=60,
+        apis=(custom, FakeCore([])),
+        out=io.StringIO(),
+        clock=lambda: sum(slept),
+        sleep=slept.append,
+    )  # type: ignore[arg-type]
     assert custom.created[0]["kind"] == "TrainJob"
