@@ -83,13 +83,27 @@ def test_policy_limits_non_root_no_latest_no_secrets(overlay: str) -> None:
 def test_the_launcher_role_allows_exactly_the_jobs_and_pod_logs() -> None:
     (role,) = [d for d in kustomize("base") if d["kind"] == "Role"]
     rules = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
-    job_verbs = {"create", "get", "list", "watch", "delete"}
+    job_verbs = {"create", "get", "list", "watch", "patch", "delete"}
     assert rules == {
         ("kubeflow.org", "pytorchjobs"): job_verbs,
         ("trainer.kubeflow.org", "trainjobs"): job_verbs,
         ("", "pods"): {"get", "list"},
         ("", "pods/log"): {"get", "list"},
     }
+
+
+def test_the_launcher_role_covers_every_call_the_launcher_makes() -> None:
+    """A call the Role does not grant is a 403 on the cluster, after the job may already exist."""
+    (role,) = [d for d in kustomize("base") if d["kind"] == "Role"]
+    granted = {(r, v) for rule in role["rules"] for r in rule["resources"] for v in rule["verbs"]}
+    source = (ROOT / "src" / "photogenic" / "launcher.py").read_text()
+    calls = set(re.findall(r"custom\.(\w+?)_namespaced_custom_object", source))
+    assert calls == {"create", "get", "patch", "delete"}
+    needed = {(plural, verb) for plural in ("pytorchjobs", "trainjobs") for verb in calls}
+    pod_calls = {"list_namespaced_pod": ("pods", "list"), "read_namespaced_pod_log": ("pods/log", "get")}
+    assert set(re.findall(r"core\.(\w+)\(", source)) <= set(pod_calls)
+    needed |= {pod_calls[c] for c in re.findall(r"core\.(\w+)\(", source)}
+    assert needed <= granted, needed - granted
 
 
 def test_mlflow_server_uses_postgres_s3_and_allowed_hosts() -> None:
