@@ -13,7 +13,7 @@ from typing import Any
 from photogenic.pipelines.compiler import COMPILED, read_version
 from photogenic.pipelines.quality_tuning import PIPELINE_NAME
 
-__all__ = ["connect", "upload", "submit", "Uploaded", "parse_arguments"]
+__all__ = ["connect", "upload", "submit", "Uploaded", "parse_arguments", "UnreachableError"]
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,19 @@ def connect(host: str | None = None, namespace: str | None = None, existing_toke
     import kfp
 
     token = existing_token or os.environ.get("KF_PIPELINES_TOKEN") or None
-    return kfp.Client(host=host, namespace=namespace, existing_token=token)
+    try:
+        return kfp.Client(host=host, namespace=namespace, existing_token=token)
+    except Exception as exc:  # noqa: BLE001 - kfp checks the server's health here and raises urllib3's errors
+        where = host or os.environ.get("KF_PIPELINES_ENDPOINT") or "the in-cluster endpoint"
+        reason = str(getattr(exc, "reason", "") or exc).splitlines()[0][:300]
+        raise UnreachableError(
+            f"cannot reach Kubeflow Pipelines at {where}: {reason}; set --host or KF_PIPELINES_ENDPOINT "
+            "(e.g. after `kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80`: http://localhost:8080)"
+        ) from exc
+
+
+class UnreachableError(RuntimeError):
+    """No Kubeflow Pipelines server answers at the endpoint."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,15 @@ _PARSERS = {
 }
 
 
+_KIND_NAMES = {
+    "NUMBER_INTEGER": "an integer",
+    "NUMBER_DOUBLE": "a number",
+    "BOOLEAN": "true or false",
+    "LIST": "a JSON list",
+    "STRUCT": "a JSON object",
+}
+
+
 def parse_arguments(items: Sequence[str], package: str | Path = COMPILED) -> dict[str, Any]:
     """`name=value` pipeline arguments, typed as the compiled pipeline declares them (`train_cpu=2` stays
     the string "2"; `task_gpus=0` is an integer; lists and dicts are JSON). An unknown name or a value of
@@ -104,7 +125,7 @@ def parse_arguments(items: Sequence[str], package: str | Path = COMPILED) -> dic
         try:
             out[key] = _PARSERS[kind](raw)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"{key}={raw!r}: not a {kind.lower().replace('_', ' ')}") from exc
+            raise ValueError(f"{key}={raw!r}: not {_KIND_NAMES.get(kind, kind)}") from exc
     return out
 
 

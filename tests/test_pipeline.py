@@ -387,10 +387,14 @@ def test_pipeline_arguments_are_typed_as_the_pipeline_declares_them() -> None:
     assert parse_arguments(['gpu_node_selector={"pool": "h100"}']) == {"gpu_node_selector": {"pool": "h100"}}
     with pytest.raises(ValueError, match="'task_gpu' is not a parameter of the pipeline"):
         parse_arguments(["task_gpu=0"])
-    with pytest.raises(ValueError, match="task_gpus='one': not a number integer"):
+    with pytest.raises(ValueError, match="task_gpus='one': not an integer"):
         parse_arguments(["task_gpus=one"])
     result = CliRunner().invoke(main, ["pipeline", "run", "--host", "http://127.0.0.1:9", "--param", "gpus=8"])
     assert result.exit_code != 0 and "'gpus' is not a parameter" in result.output
+    # Arguments that pass reach for the server: one line naming the endpoint and the fix, no traceback.
+    result = CliRunner().invoke(main, ["pipeline", "run", "--host", "http://127.0.0.1:9", "--param", "task_gpus=0"])
+    assert result.exit_code == 1 and "cannot reach Kubeflow Pipelines at http://127.0.0.1:9" in result.output
+    assert "KF_PIPELINES_ENDPOINT" in result.output and "Traceback" not in result.output
 
 
 def test_the_registration_gate_reads_interval_bounds() -> None:

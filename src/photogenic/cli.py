@@ -766,6 +766,15 @@ def job_launch_cmd(config: Config, timeout_hours: float, **kw: Any) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def _kfp(host: str | None) -> Any:
+    from photogenic.pipelines import client as kfp_client
+
+    try:
+        return kfp_client.connect(host)
+    except kfp_client.UnreachableError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @main.group("pipeline")
 def pipeline_group() -> None:
     """Compile the pipeline, upload it to Kubeflow Pipelines, run it there."""
@@ -806,7 +815,7 @@ def pipeline_upload_cmd(host: str | None, package: str | None, name: str | None)
     from photogenic.pipelines.compiler import COMPILED
     from photogenic.pipelines.quality_tuning import PIPELINE_NAME
 
-    uploaded = kfp_client.upload(kfp_client.connect(host), package or COMPILED, name or PIPELINE_NAME)
+    uploaded = kfp_client.upload(_kfp(host), package or COMPILED, name or PIPELINE_NAME)
     click.echo(json.dumps(uploaded.__dict__, indent=2))
 
 
@@ -853,7 +862,7 @@ def pipeline_run_cmd(
         arguments.update(kfp_client.parse_arguments(params, package or COMPILED))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--param") from exc
-    client = kfp_client.connect(host)
+    client = _kfp(host)
     uploaded = kfp_client.upload(client, package or COMPILED) if do_upload else None
     name = run_name or f"photogenic-{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = kfp_client.submit(
