@@ -50,7 +50,7 @@ manifests: setup
 	  { echo "# photogenic job render --backend $$b $(JOB_ARGS)"; \
 	    $(BIN)/photogenic job render --backend $$b $(JOB_ARGS); } > manifests/jobs/pretrain-$$b.yaml; done
 
-# Containers (README, "Run in containers"): Docker, podman or buildah, whichever works here.
+# Containers (docs/stages.md, "Run in containers"): Docker, podman or buildah, whichever works here.
 # BASE_IMAGE: the CPU image's base; empty, the Dockerfile's (from a registry). Without registry access,
 # `make base-image` makes $(LOCAL_BASE) from Debian's packages (mmdebstrap).
 BASE_IMAGE ?=

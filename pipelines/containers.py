@@ -145,7 +145,7 @@ def check_image(image: str) -> None:
         except docker.errors.ImageNotFound:
             raise ContainerError(
                 f"image {image} is not in the container engine: build it with `make image-local` "
-                "(the README, 'Run in containers')"
+                "(docs/stages.md, 'Run in containers')"
             ) from None
 
 

@@ -155,12 +155,16 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
 
             curation_judges = data_pod(
                 network_retries(
-                    with_cluster_env(c.judges(**cfg, purpose="curation").set_display_name("judges-curation"))
+                    with_cluster_env(
+                        c.judges(**cfg, purpose="curation").set_display_name("judges-curation").after(parent)
+                    )
                 )
             )
             raters = data_pod(
                 network_retries(
-                    with_cluster_env(c.judges(**cfg, purpose="evaluation").set_display_name("judges-evaluation"))
+                    with_cluster_env(
+                        c.judges(**cfg, purpose="evaluation").after(parent).set_display_name("judges-evaluation")
+                    )
                 )
             )
 

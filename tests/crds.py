@@ -19,7 +19,7 @@ import yaml
 
 CRDS = Path(__file__).parent / "data" / "crds"
 
-# What the README promises (Run on Kubeflow): kind -> the vendored CRD files, one per supported release.
+# What docs/kubeflow.md promises (Run on Kubeflow): kind -> the vendored CRD files, one per supported release.
 SUPPORTED: dict[str, tuple[str, ...]] = {
     "PyTorchJob": tuple(sorted(p.name for p in CRDS.glob("training-operator-*-kubeflow.org_pytorchjobs.yaml.gz"))),
     "TrainJob": tuple(sorted(p.name for p in CRDS.glob("trainer-*-trainer.kubeflow.org_trainjobs.yaml.gz"))),

@@ -196,6 +196,15 @@ def test_a_resubmitted_run_can_reuse_every_cached_task() -> None:
         for key, value in task.get("inputs", {}).get("parameters", {}).items():
             text = json.dumps(value)
             assert not any(p in text for p in per_run), f"{name}.{key} changes every run: {text}"
+    # ... and the parent run exists before any of them looks it up: every task runs after open-run.
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+    def upstream(name: str) -> set[str]:
+        deps = set(inner[name].get("dependentTasks", []))
+        return deps.union(*(upstream(d) for d in deps)) if deps else deps
+
+    for name in inner:
+        assert name == "open-run" or "open-run" in upstream(name), f"{name} may run before the parent run exists"
     executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for name, executor in executors.items():
         assert executor["fieldPathAsEnv"] == [
@@ -355,7 +364,7 @@ def test_upload_creates_a_pipeline_then_adds_versions_named_after_the_compiled_v
     assert (
         existing.calls == [("upload_pipeline_version", str(COMPILED), expected, "p-9")] and not second.created_pipeline
     )
-    # Repeating the upload step (the README's walkthrough) finds the version on the second page.
+    # Repeating the upload step (the walkthrough in docs/kubeflow.md) finds the version on the second page.
     again = upload(existing)
     assert again.existed and again.version_id == second.version_id and len(existing.calls) == 1
     # The first version of a new pipeline carries the pipeline's name: found by the version its spec records.
@@ -375,7 +384,7 @@ def test_pipeline_run_rejects_a_bad_override_before_contacting_any_server() -> N
 def test_pipeline_arguments_are_typed_as_the_pipeline_declares_them() -> None:
     from photogenic.pipelines.client import parse_arguments
 
-    # The README's sizes for overlays/local: CPU counts stay strings, GPU counts are integers.
+    # The sizes docs/kubeflow.md gives for overlays/local: CPU counts stay strings, GPU counts are integers.
     local = ["task_gpus=0", "train_cpu=2", "train_memory=6Gi", "data_cpu=1", "data_memory=3Gi"]
     assert parse_arguments(local) == {
         "task_gpus": 0,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (repository, tag, path in the repository): the versions we support (README, "Run on Kubeflow").
+# (repository, tag, path in the repository): the versions we support (docs/kubeflow.md, "Run on Kubeflow").
 # Trainer before 2.2 has no `runtimePatches` (our TrainJob's pod settings); KFP's Pipeline and
 # PipelineVersion before 2.14 have no `displayName`/`platformSpec` (the compiler writes both).
 PYTORCHJOB = "manifests/base/crds/kubeflow.org_pytorchjobs.yaml"
