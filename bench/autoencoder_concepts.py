@@ -17,7 +17,7 @@ import torch
 
 from photogenic.config import load_config
 from photogenic.judges import CONCEPTS, judge_world, load_judge
-from photogenic.train.trainer import load_model_dir
+from photogenic.models.io import load_model_dir
 from photogenic.world import labelled_renders
 
 

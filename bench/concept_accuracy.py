@@ -20,7 +20,7 @@ import numpy as np
 from photogenic.config import load_config
 from photogenic.evaluate import benchmark_prompts, generate, sampling_seeds
 from photogenic.judges import CONCEPTS, load_judge
-from photogenic.train.trainer import load_model_pipeline
+from photogenic.models.io import load_model_pipeline
 
 
 def main() -> None:

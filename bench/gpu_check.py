@@ -59,7 +59,8 @@ def main() -> None:
     from photogenic.config import load_config
     from photogenic.data.ingest import ingest
     from photogenic.models import build_unet, latent_size
-    from photogenic.train.trainer import DiffusionTrainer, train
+    from photogenic.train.diffusion import DiffusionTrainer
+    from photogenic.train.run import train
 
     gpu = torch.cuda.get_device_name(0)
     work = Path(tempfile.mkdtemp(prefix="photogenic-gpu-"))

@@ -23,7 +23,7 @@ import numpy as np
 
 from photogenic.config import DECODER_SIDE, load_config
 from photogenic.evaluate import evaluate
-from photogenic.train.trainer import train
+from photogenic.train.run import train
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from quality_tune_seeds import _net, _wtl
 
 from photogenic.config import load_config
 from photogenic.evaluate import EvaluateResult, evaluate
-from photogenic.train.trainer import train
+from photogenic.train.run import train
 
 QT = "train.quality_tune"
 

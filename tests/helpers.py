@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from photogenic.config import Config, load_config
 from photogenic.data.ingest import ingest
 from photogenic.data.validate import validate
-from photogenic.train.trainer import train
+from photogenic.train.run import train
 
 
 def tiny_config(workspace: Path, *overrides: str) -> Config:

@@ -27,7 +27,7 @@ from photogenic.evaluate import (
 from photogenic.judges import load_judge, pairwise_agreement, train_judges
 from photogenic.manifest import ObjectRef, publish, read_manifest
 from photogenic.storage import join_uri, open_store
-from photogenic.train.trainer import train
+from photogenic.train.run import train
 from photogenic.world import WorldConfig, labelled_renders
 from tests.helpers import tiny_config, tiny_world_and_autoencoder
 
@@ -513,7 +513,7 @@ def test_existing_sd15_model_is_quality_tuned_and_evaluated_with_clip_judges(
     from diffusers import StableDiffusionPipeline
 
     from photogenic.judges import ClipJudge, import_clip_judges
-    from photogenic.train.trainer import import_model
+    from photogenic.models.io import import_model
 
     config = _config(emu["ws"], "train.quality_tune.validate_every=0")
     base = str(tmp_path / "store" / "sd15")
@@ -540,7 +540,7 @@ def test_existing_sd15_model_is_quality_tuned_and_evaluated_with_clip_judges(
 
 def test_import_refuses_what_is_not_a_text_to_image_model(emu: dict[str, Any], tmp_path: Path) -> None:
     from photogenic.manifest import ManifestError
-    from photogenic.train.trainer import import_model
+    from photogenic.models.io import import_model
 
     config = _config(emu["ws"])
     (tmp_path / "half").mkdir()

@@ -12,7 +12,7 @@ from PIL import Image
 from photogenic.config import ConfigError, PanelConfig, WorldConfig, load_config
 from photogenic.evaluate import benchmark_prompts, load_prompts, sampling_seeds
 from photogenic.panel import _majority, explain, panel_votes
-from photogenic.train.trainer import validation_jobs
+from photogenic.train.diffusion import validation_jobs
 from photogenic.world import Scene, oracle_appeal, render_scene, scene_at
 
 PANEL = PanelConfig()

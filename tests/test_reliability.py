@@ -87,7 +87,7 @@ def test_s3_killed_mid_checkpoint_write_then_training_ends_at_the_same_model(
 ) -> None:
     from photogenic.data.ingest import ingest
     from photogenic.data.validate import validate
-    from photogenic.train.trainer import train
+    from photogenic.train.run import train
 
     base = _config(tmp_path, "s3://photogenic/data")
     data = validate(ingest("world", base, progress=False).manifest_uri, base).manifest_uri
@@ -107,7 +107,7 @@ def test_s3_killed_mid_evaluation_upload_then_the_results_are_identical(
     from photogenic.evaluate import evaluate
     from photogenic.judges import train_judges
     from photogenic.storage import join_uri
-    from photogenic.train.trainer import train
+    from photogenic.train.run import train
     from tests.helpers import tiny_config, tiny_world_and_autoencoder
 
     data, ae = tiny_world_and_autoencoder(tmp_path / "local")
@@ -128,7 +128,7 @@ def test_mlflow_server_killed_mid_training_keeps_the_model_and_reports_what_was_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from photogenic.tracking import Tracker
-    from photogenic.train.trainer import train
+    from photogenic.train.run import train
     from tests.helpers import tiny_world_and_autoencoder
 
     data, ae = tiny_world_and_autoencoder(tmp_path / "local")

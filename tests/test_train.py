@@ -24,7 +24,9 @@ from photogenic.data.validate import validate
 from photogenic.models import build_unet, latent_size
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
-from photogenic.train.trainer import DiffusionTrainer, freeze_matching, replay_counts, run_uri, train
+from photogenic.train.diffusion import DiffusionTrainer
+from photogenic.train.run import run_uri, train
+from photogenic.train.trainer import freeze_matching, replay_counts
 from tests.helpers import (
     assert_same_weights,
     child_env,

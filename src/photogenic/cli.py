@@ -330,7 +330,7 @@ def train_cmd(
 ) -> None:
     """Train one recipe with DeepSpeed (in-process, or under torchrun for several ranks); resumes
     from the run's latest checkpoint and exports the model in diffusers format."""
-    from photogenic.train.trainer import train
+    from photogenic.train.run import train
 
     name = recipe.replace("-", "_")
     # DeepSpeed prints to stdout; keep stdout for the JSON result.
@@ -470,7 +470,7 @@ def model_group() -> None:
 def model_import_cmd(config: Config, src: str, out: str) -> None:
     """Import an existing diffusers model (Stable Diffusion 1.5 layout) from a folder or store prefix,
     to quality-tune and evaluate it like a pretrained one."""
-    from photogenic.train.trainer import import_model
+    from photogenic.models.io import import_model
 
     manifest_uri, version = import_model(src, out, config)
     click.echo(json.dumps({"model_uri": out, "manifest_uri": manifest_uri, "fingerprint": version}, indent=2))
@@ -528,8 +528,8 @@ def generate_cmd(
     guidance: float | None,
 ) -> None:
     """Generate images with an exported model into one grid (a row per prompt)."""
+    from photogenic.models.io import load_model_pipeline
     from photogenic.models.pipeline import draw, image_grid
-    from photogenic.train.trainer import load_model_pipeline
 
     images = draw(
         load_model_pipeline(model_uri, config),
@@ -715,7 +715,7 @@ def _training_job(config: Config, kw: dict[str, Any]) -> Any:
     from photogenic.config import overrides_from
     from photogenic.launcher import GPU_TOLERATIONS
     from photogenic.tasks import train_args, training_job
-    from photogenic.train.trainer import run_uri
+    from photogenic.train.run import run_uri
 
     recipe = kw["recipe"].replace("-", "_")
     out = run_uri(

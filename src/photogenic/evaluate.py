@@ -529,7 +529,7 @@ def evaluate(
         _log(run, result, None)
         return result
 
-    from photogenic.train.trainer import load_model_pipeline
+    from photogenic.models.io import load_model_pipeline
 
     judge = load_judge(judges_uri, config)
     seeds = sampling_seeds(config, split_name)

@@ -197,7 +197,7 @@ def train_model(
     replay: str = "",
 ) -> dict[str, Any]:
     """One training recipe in this process (`autoencoder`, `pretrain`, `quality_tune`)."""
-    from photogenic.train.trainer import train
+    from photogenic.train.run import train
 
     stage = f"train-{recipe.replace('_', '-')}"
     with Tracker(config).stage_run(stage, parent_run_id or None) as run:
@@ -258,7 +258,8 @@ def launch_training(
         replay: a dataset the recipe rehearses (`replay_fraction`, `guidance_preservation`); "" for none.
     """
     from photogenic.launcher import launch, this_pod
-    from photogenic.train.trainer import finished_model, run_uri
+    from photogenic.train.run import run_uri
+    from photogenic.train.trainer import finished_model
 
     out = run_uri(recipe, config, data_uri, base or None, judges or None, replay=replay or None)
     steps = getattr(config.train, recipe).steps

@@ -1,0 +1,152 @@
+"""Running a recipe: its run's identity (where its checkpoints and model go) and the entry point behind
+`photogenic train RECIPE`, the pipeline's training tasks and the training jobs' pods."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from photogenic.config import Config, ConfigError, fingerprint, to_dict
+from photogenic.manifest import read_manifest
+from photogenic.storage import join_uri, open_store
+from photogenic.train.autoencoder import AutoencoderTrainer
+from photogenic.train.diffusion import DiffusionTrainer, validation_jobs
+from photogenic.train.distributed import rank_lost
+from photogenic.train.trainer import REPLAY_SETTINGS, Trainer, TrainResult, replay_uses
+
+__all__ = ["RECIPES", "train", "run_uri", "default_replay"]
+
+log = logging.getLogger(__name__)
+
+RECIPES: dict[str, type[Trainer]] = {
+    "autoencoder": AutoencoderTrainer,
+    "pretrain": DiffusionTrainer,
+    "quality_tune": DiffusionTrainer,
+}
+
+
+_RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
+# Recipe settings added after runs were made, at their "off" value: left out of a run's identity, so that
+# the runs made before they existed (the same computation) stay reusable.
+_OFF_BY_DEFAULT: dict[str, Any] = {**dict.fromkeys(REPLAY_SETTINGS, 0.0), "frozen_params": ""}
+
+
+def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
+    """The train settings a run's result depends on: the shared ones (seed, ZeRO, precision) and its own
+    recipe's section, not the other recipes' (tuning quality-tuning must not retrain the autoencoder)."""
+    train = to_dict(config.train)
+    shared = {k: v for k, v in train.items() if k not in RECIPES and k not in _RUN_NEUTRAL}
+    own = {k: v for k, v in train[recipe].items() if _OFF_BY_DEFAULT.get(k, object()) != v}
+    return {**shared, recipe: own}
+
+
+def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
+    """A recipe that stops early picks its weights by images of the dev prompts (`validation_jobs`), drawn
+    with the evaluation's sampler."""
+    if not getattr(config.train, recipe).validate_every:
+        return {}
+    return {
+        "sampling": {"steps": config.evaluate.sampling_steps, "guidance": config.evaluate.guidance_scale},
+        "validation": validation_jobs(config),
+    }
+
+
+def default_replay(recipe: str, config: Config, data_uri: str, replay: str | None) -> str | None:
+    """The replay dataset a run reads: `replay` when given; else, for a recipe setting that reads one,
+    the rehearsal set that curation published beside the training set (its manifest's `rehearsal`)."""
+    if replay or recipe not in RECIPES or not RECIPES[recipe].supports_replay:
+        return replay
+    if not replay_uses(getattr(config.train, recipe)):
+        return replay
+    rehearsal = read_manifest(data_uri, config.storage).meta.get("rehearsal")
+    if rehearsal:
+        log.info("%s: rehearsing %s, the rehearsal set curated beside %s", recipe, rehearsal, data_uri)
+    return rehearsal or None
+
+
+def run_uri(
+    recipe: str,
+    config: Config,
+    data_uri: str,
+    base: str | None,
+    judges: str | None,
+    out: str | None = None,
+    replay: str | None = None,
+) -> str:
+    """The run's URI (checkpoints/ and model/ below it): `out`, or by default
+    `<store>/runs/<recipe>-<fingerprint of inputs and config>`, made absolute for other processes and pods."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
+    if out is None:
+        key = fingerprint(
+            {
+                "recipe": recipe,
+                "data": data_uri,
+                "base": base,
+                "model": RECIPES[recipe].model_settings(config.model),
+                "train": _run_train_settings(recipe, config),
+                **({"judges": judges} if judges else {}),
+                **({"replay": replay} if replay and replay_uses(getattr(config.train, recipe)) else {}),
+                **_validation_settings(recipe, config),
+            }
+        )
+        out = join_uri(config.store_root(), "runs", f"{recipe.replace('_', '-')}-{key[:16]}")
+    return open_store(out, config.storage).root
+
+
+def train(
+    recipe: str,
+    config: Config,
+    data_uri: str,
+    out: str | None = None,
+    base: str | None = None,
+    run: Any = None,
+    progress: bool = True,
+    judges: str | None = None,
+    replay: str | None = None,
+) -> TrainResult:
+    """Run one training recipe (the function behind `photogenic train RECIPE`).
+
+    Args:
+        recipe: `autoencoder`, `pretrain` or `quality_tune`.
+        config: the resolved config.
+        data_uri: the validated dataset's manifest.
+        out: the run's URI; default `<store>/runs/<recipe>-<fingerprint of inputs and config>`.
+        base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
+        run: an optional tracking Run.
+        judges: the curation judge set, for recipes that stop early on judged appeal (`validate_every`).
+        replay: a dataset for quality-tuning's `replay_fraction` and `guidance_preservation`; by default
+            the rehearsal set curated beside `data_uri`, when it has one.
+
+    Returns:
+        The exported model's URI and version, the steps, and whether it resumed.
+    """
+    replay = default_replay(recipe, config, data_uri, replay)
+    out = run_uri(recipe, config, data_uri, base, judges, out, replay)
+    trainer = RECIPES[recipe](
+        config=config,
+        data_uri=data_uri,
+        out=out,
+        base=base,
+        run=run,
+        progress=progress,
+        name=recipe,
+        judges=judges,
+        replay=replay,
+    )
+    try:
+        result = trainer.train()
+    except RuntimeError as exc:
+        lost = rank_lost(exc, config.train.collective_timeout_s)
+        if lost is None:
+            raise
+        raise lost from exc
+    log.info(
+        "%s: %d steps -> %s (loss %.4f, %.1fs)",
+        recipe,
+        result.steps,
+        result.model_uri,
+        result.final_loss,
+        result.seconds,
+    )
+    return result
