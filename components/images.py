@@ -14,11 +14,21 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IMAGES", "CPU_IMAGE", "TRAIN_IMAGE", "PULL_SECRETS", "load", "split_ref", "kustomize_component"]
+__all__ = [
+    "IMAGE_NAMES",
+    "IMAGES",
+    "CPU_IMAGE",
+    "TRAIN_IMAGE",
+    "PULL_SECRETS",
+    "load",
+    "split_ref",
+    "kustomize_component",
+]
 
 IMAGES_JSON = Path(__file__).parent / "images.json"
-# The names the manifests use for our images; kustomize's `images` transformer replaces them.
-MANIFEST_NAMES = {"photogenic": "photogenic", "photogenic-train": "photogenic-train"}
+# Our images (images/<name>/Dockerfile). The manifests name each by this bare name, which kustomize's
+# `images` transformer replaces with its reference.
+IMAGE_NAMES = ("photogenic", "photogenic-train")
 # ServiceAccounts in manifests/base whose pods pull our images.
 SERVICE_ACCOUNTS = ("mlflow", "photogenic-pipeline")
 _REF = re.compile(r"^(?P<name>[^@\s]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
@@ -30,8 +40,8 @@ def load(path: Path = IMAGES_JSON) -> dict[str, Any]:
         raise ValueError(f"{path}: expected the keys images and pull_secrets, got {sorted(data)}")
     for name, ref in data["images"].items():
         split_ref(ref)  # raises on a malformed reference
-        if name not in MANIFEST_NAMES:
-            raise ValueError(f"{path}: unknown image {name!r}; images: {', '.join(MANIFEST_NAMES)}")
+        if name not in IMAGE_NAMES:
+            raise ValueError(f"{path}: unknown image {name!r}; images: {', '.join(IMAGE_NAMES)}")
     return data
 
 
@@ -48,7 +58,7 @@ def kustomize_component(data: dict[str, Any]) -> dict[str, Any]:
     images = []
     for name, ref in data["images"].items():
         new_name, tag, digest = split_ref(ref)
-        entry = {"name": MANIFEST_NAMES[name], "newName": new_name}
+        entry = {"name": name, "newName": new_name}
         entry.update({"digest": digest} if digest else {"newTag": tag})
         images.append(entry)
     secrets = [{"name": s} for s in data["pull_secrets"]]

@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from photogenic.components.images import IMAGE_NAMES as IMAGES
 from photogenic.pipelines.containers import LOCAL_IMAGE
 
 ROOT = Path(__file__).resolve().parents[1]
-IMAGES = ("photogenic", "photogenic-train")
 ENGINES = ("docker", "podman", "buildah")
 # The build argument that names each image's base.
 BASE_ARGS = {"photogenic": "PYTHON_IMAGE", "photogenic-train": "DEVEL_IMAGE"}

@@ -274,6 +274,12 @@ def _pod(name: str, waiting: str = "", message: str = "", unschedulable: str = "
     return SimpleNamespace(metadata=SimpleNamespace(name=name), status=status)
 
 
+def _fake_time() -> tuple[list[float], dict[str, Any]]:
+    """A clock that moves only by the launcher's sleeps: (the sleeps so far, `launch`'s clock and sleep)."""
+    slept: list[float] = []
+    return slept, {"clock": lambda: sum(slept), "sleep": slept.append}
+
+
 class PodsCore:
     """CoreV1Api with the job's pods given by `script(n)` on the n-th listing of the whole job."""
 
@@ -305,18 +311,9 @@ def test_a_pod_that_cannot_start_fails_the_task_at_once_with_its_reason(
 ) -> None:
     custom = FakeCustomObjects(lambda n, _: None)  # the operator reports nothing: the job looks alive
     core = PodsCore(lambda n: [_pod("photogenic-pretrain-abc-node-0-0")] if n < 2 else [_pod("p-0", reason, message)])
-    slept: list[float] = []
+    slept, time = _fake_time()
     with pytest.raises(LaunchError) as err:
-        launch(
-            _job(),
-            backend,
-            timeout_s=3600,
-            poll_s=15,
-            apis=(custom, core),
-            out=io.StringIO(),
-            clock=lambda: sum(slept),
-            sleep=slept.append,
-        )  # type: ignore[arg-type]
+        launch(_job(), backend, timeout_s=3600, poll_s=15, apis=(custom, core), out=io.StringIO(), **time)  # type: ignore[arg-type]
     assert f"cannot run: pod p-0, container node: {reason}: {message}" in str(err.value)
     assert len(slept) == 2 and custom.deleted == ["photogenic-pretrain-abc"]  # the third poll, not the timeout
 
@@ -351,16 +348,8 @@ def test_a_pod_unschedulable_past_the_grace_fails_with_the_schedulers_message() 
 def test_a_slow_image_pull_is_not_a_failure() -> None:
     custom = FakeCustomObjects(lambda n, _: _condition("Complete") if n >= 3 else None)
     core = PodsCore(lambda n: [_pod("n-0", "ContainerCreating"), _pod("n-1", "ErrImagePull", "i/o timeout")])
-    slept: list[float] = []
-    launch(
-        _job(),
-        "trainjob",
-        timeout_s=3600,
-        apis=(custom, core),
-        out=io.StringIO(),
-        clock=lambda: sum(slept),
-        sleep=slept.append,
-    )  # type: ignore[arg-type]
+    _, time = _fake_time()
+    launch(_job(), "trainjob", timeout_s=3600, apis=(custom, core), out=io.StringIO(), **time)  # type: ignore[arg-type]
     assert custom.deleted == ["photogenic-pretrain-abc"]
 
 
@@ -438,13 +427,6 @@ def test_the_default_backend_is_kubeflow_trainer_v2(tmp_path: Path) -> None:
     body = __import__("yaml").safe_load(result.output)
     assert body["kind"] == "TrainJob" and body["spec"]["runtimeRef"]["name"] == "torch-distributed"
     custom = FakeCustomObjects(lambda n, _: _condition("Complete"))
-    slept: list[float] = []
-    launch(
-        _job(),
-        timeout_s=60,
-        apis=(custom, FakeCore([])),
-        out=io.StringIO(),
-        clock=lambda: sum(slept),
-        sleep=slept.append,
-    )  # type: ignore[arg-type]
+    _, time = _fake_time()
+    launch(_job(), timeout_s=60, apis=(custom, FakeCore([])), out=io.StringIO(), **time)  # type: ignore[arg-type]
     assert custom.created[0]["kind"] == "TrainJob"
