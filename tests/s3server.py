@@ -104,6 +104,10 @@ class SeaweedS3:
                 "-admin.ui=false",
                 f"-s3.config={conf}",
                 "-s3.autoCreateBucket=false",  # a missing bucket must be an error, as on AWS
+                # Each bucket is a collection that grows 7 volumes on its first write; by default the
+                # volume limit is free disk / 128 MB, so a machine with 23 GB free failed the 22nd bucket
+                # with InternalError. Volumes are sparse files: a fixed, generous limit costs nothing.
+                "-volume.max=1000",
                 *(f"-{name}={port}" for name, port in ports.items()),
             ]
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")  # noqa: SIM115
