@@ -268,10 +268,14 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
     """Tuning one recipe must not send the others to train again; what does change a result must."""
     recipes = ("autoencoder", "pretrain", "quality_tune")
 
+    store = tmp_path / "versions"
+    versions = {name: _version_at(store / name, name) for name in ("data", "base", "judges", "haystack", "other")}
+
     def uris(*overrides: str, replay: str | None = None) -> dict[str, str]:
         config = tiny_config(tmp_path, *overrides)
         return {
-            r: run_uri(r, config, "s3://b/data.json", "s3://b/base", "s3://b/judges", replay=replay) for r in recipes
+            r: run_uri(r, config, versions["data"], str(store / "base"), str(store / "judges"), replay=replay)
+            for r in recipes
         }
 
     base = uris()
@@ -297,13 +301,37 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
         uris("evaluate.sampling_steps=3", "train.quality_tune.validate_every=0")["quality_tune"]
         == uris("train.quality_tune.validate_every=0")["quality_tune"]
     )
-    # rehearsal: off, a replay set changes nothing (the runs made before the setting existed stay valid);
-    # on, the fraction and the replay set are the quality-tuning run's inputs
-    assert uris(replay="s3://b/haystack.json") == base
-    replayed = uris("train.quality_tune.replay_fraction=0.25", replay="s3://b/haystack.json")
+    # rehearsal: off, a replay set changes nothing; on, the fraction and the replay set are the
+    # quality-tuning run's inputs
+    assert uris(replay=versions["haystack"]) == base
+    replayed = uris("train.quality_tune.replay_fraction=0.25", replay=versions["haystack"])
     assert [replayed[r] == base[r] for r in recipes] == [True, True, False]
-    other_set = uris("train.quality_tune.replay_fraction=0.25", replay="s3://b/other.json")
+    other_set = uris("train.quality_tune.replay_fraction=0.25", replay=versions["other"])
     assert other_set["quality_tune"] != replayed["quality_tune"]
+
+
+def _version_at(root: Path, content: str, kind: str = "dataset") -> str:
+    """Publish a one-object manifest holding `content` at `root`; returns the manifest's URI."""
+    from photogenic.manifest import Manifest, ObjectRef, publish
+    from photogenic.storage import open_store
+
+    store = open_store(str(root))
+    ref = ObjectRef.of(store.put_bytes("data.bin", content.encode()))
+    return publish(Manifest(kind=kind, root=store.root, objects=(ref,)), store.uri("manifest.json"))
+
+
+def test_a_runs_identity_follows_its_inputs_content_not_their_uris(tmp_path: Path) -> None:
+    """The same dataset copied to another place is the same run; new data written over an old URI is not."""
+    config = tiny_config(tmp_path)
+    here = _version_at(tmp_path / "here", "samples v1")
+    there = _version_at(tmp_path / "there", "samples v1")
+    base = _version_at(tmp_path / "base", "weights", "model")
+    first = run_uri("pretrain", config, here, str(tmp_path / "base"), None)
+    assert run_uri("pretrain", config, there, str(tmp_path / "base"), None) == first
+    _version_at(tmp_path / "here", "samples v2")
+    assert run_uri("pretrain", config, here, str(tmp_path / "base"), None) != first
+    _version_at(tmp_path / "base", "other weights", "model")
+    assert run_uri("pretrain", config, there, base.rsplit("/", 1)[0], None) != first
 
 
 def test_unet_attention_heads_are_as_wide_as_configured(tmp_path: Path) -> None:

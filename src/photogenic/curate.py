@@ -45,7 +45,7 @@ from photogenic.manifest import (
     manifest_file,
     publish,
     read_manifest,
-    reusable,
+    stage_output,
 )
 from photogenic.storage import join_uri, open_store
 
@@ -353,29 +353,29 @@ def curate(
     judge_manifest = read_manifest(manifest_file(judges_uri))
     if judge_manifest.meta.get("purpose") != "curation":
         raise ConfigError(f"{judges_uri} is a {judge_manifest.meta.get('purpose')!r} judge set; curation needs its own")
-    request = fingerprint(
+    output = stage_output(
+        "curate",
         {
             "version": _CURATE_VERSION,
             "data": source.fingerprint,
             "judges": judge_manifest.fingerprint,
             "curate": to_dict(cfg),
             "approved": approved,
-        }
+        },
+        config,
+        out,
+        "datasets/curated-{request}",
     )
-    out = out or join_uri(config.store_root(), "datasets", f"curated-{request[:16]}")
-    store = open_store(out, config.storage)
-    manifest_uri = store.uri("manifest.json")
-    previous = reusable(manifest_uri, request, config.storage)
-    if previous is not None:
-        log.info("curate: reusing %s", store.root)
+    store, request, manifest_uri = output.store, output.request, output.manifest_uri
+    if output.previous is not None:
         result = CurateResult(
             manifest_uri,
-            previous.fingerprint,
-            [tuple(x) for x in previous.meta["funnel"]],
+            output.previous.fingerprint,
+            [tuple(x) for x in output.previous.meta["funnel"]],
             store.uri("report.html"),
             0.0,
             True,
-            previous.meta["rehearsal"],
+            output.previous.meta["rehearsal"],
         )
         _log(run, result, config)
         return result
@@ -424,14 +424,14 @@ def curate(
         raise ConfigError(
             f"curation kept no sample of {len(candidates)}: funnel {funnel}; loosen the curate thresholds"
         )
-    rehearsal_store = open_store(join_uri(out, "rehearsal"), config.storage)
+    rehearsal_store = open_store(join_uri(store.root, "rehearsal"), config.storage)
     manifest, rehearsal = _publish(
         store, rehearsal_store, source, kept, rehearsal_set, candidates, funnel, request, config
     )
     rehearsal_uri = rehearsal_store.uri("manifest.json")
     publish(rehearsal, rehearsal_uri, config.storage)
     manifest.meta["rehearsal"] = rehearsal_uri
-    publish(manifest, manifest_uri, config.storage)  # last: it marks the request done
+    output.publish(manifest)  # last: it marks the request done
     result = CurateResult(
         manifest_uri,
         manifest.fingerprint,

@@ -26,11 +26,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from photogenic.config import Config, ConfigError, fingerprint, to_dict
+from photogenic.config import Config, ConfigError, to_dict
 from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge, parse_caption
-from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, reusable
+from photogenic.manifest import Manifest, ObjectRef, manifest_file, read_manifest, stage_output
 from photogenic.panel import explain_all, panel_votes
-from photogenic.storage import join_uri, open_store
+from photogenic.storage import join_uri
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
 
 __all__ = [
@@ -502,7 +502,8 @@ def evaluate(
         _check_world_prompts(prompts, prompts_file)
     curation = read_manifest(manifest_file(curation_judges_uri), config.storage) if curation_judges_uri else None
     versions = [read_manifest(join_uri(m, "manifest.json"), config.storage).fingerprint for m in (a, b)]
-    request = fingerprint(
+    output = stage_output(
+        "evaluate",
         {
             "version": _EVAL_VERSION,
             "a": versions[0],
@@ -514,14 +515,13 @@ def evaluate(
             "split": split_name,
             "prompts": [(p.text, p.category) for p in prompts],
             "holdout": list(config.curate.holdout_concepts),
-        }
+        },
+        config,
+        out,
+        "evaluations/{request}",
     )
-    out = out or join_uri(config.store_root(), "evaluations", request[:16])
-    store = open_store(out, config.storage)
-    manifest_uri = store.uri("manifest.json")
-    previous = reusable(manifest_uri, request, config.storage)
+    store, request, manifest_uri, previous = output.store, output.request, output.manifest_uri, output.previous
     if previous is not None:
-        log.info("evaluate: reusing %s", store.root)
         metrics = dict(previous.meta["metrics"])
         result = EvaluateResult(
             manifest_uri, store.uri("report.html"), metrics, bool(previous.meta["trustworthy"]), 0.0, True
@@ -609,7 +609,7 @@ def evaluate(
         config=to_dict(config),
         meta={"request": request, "a": a, "b": b, "metrics": metrics, "trustworthy": trustworthy, "split": split_name},
     )
-    publish(manifest, manifest_uri, config.storage)
+    output.publish(manifest)
     result = EvaluateResult(manifest_uri, store.uri("report.html"), metrics, trustworthy, time.perf_counter() - t0)
     log.info(
         "evaluate (%s split, rated by the %s): appeal win/tie/loss %.2f/%.2f/%.2f, faithfulness %.2f/%.2f/%.2f%s",

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from photogenic.config import Config, ConfigError, WorldConfig, fingerprint, to_dict
-from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, reusable
-from photogenic.storage import join_uri, open_store
+from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, stage_output
+from photogenic.storage import open_store
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, WORLD_VERSION, labelled_renders
 
 __all__ = [
@@ -299,13 +299,11 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
     """
     if purpose not in ("curation", "evaluation"):
         raise ConfigError(f"unknown judge purpose {purpose!r}; purposes: curation, evaluation")
-    request = _request(config, purpose)
-    out = out or join_uri(config.store_root(), "judges", f"{purpose}-{request[:16]}")
-    store = open_store(out, config.storage)
-    manifest_uri = store.uri("manifest.json")
-    previous = reusable(manifest_uri, request, config.storage)
+    output = stage_output(
+        f"judges ({purpose})", _request(config, purpose), config, out, f"judges/{purpose}-{{request}}"
+    )
+    store, request, manifest_uri, previous = output.store, output.request, output.manifest_uri, output.previous
     if previous is not None:
-        log.info("judges (%s): reusing %s", purpose, store.root)
         result = JudgeResult(purpose, manifest_uri, previous.fingerprint, dict(previous.meta["metrics"]), 0.0, True)
         _log(run, result)
         return result
@@ -336,7 +334,7 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
         Path(tmp, "judge.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
         refs = tuple(ObjectRef.of(store.put_file(name, Path(tmp, name))) for name in ("judge.pt", "judge.json"))
     manifest = Manifest(kind="judge", root=store.root, objects=refs, config=to_dict(config), meta=meta)
-    publish(manifest, manifest_uri, config.storage)
+    output.publish(manifest)
     result = JudgeResult(purpose, manifest_uri, manifest.fingerprint, metrics, time.perf_counter() - t0)
     log.info("judges (%s): %s in %.0fs -> %s", purpose, _summary(metrics), result.seconds, store.root)
     _log(run, result)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-from photogenic.config import StorageConfig
+from photogenic.config import Config, StorageConfig, fingerprint
 from photogenic.storage import (
     ChecksumMismatchError,
     ObjectInfo,
@@ -21,9 +22,21 @@ from photogenic.storage import (
     split_parent,
 )
 
-__all__ = ["SCHEMA_VERSION", "ObjectRef", "Manifest", "ManifestError", "publish", "read_manifest", "reusable"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ObjectRef",
+    "Manifest",
+    "ManifestError",
+    "StageOutput",
+    "publish",
+    "read_manifest",
+    "reusable",
+    "stage_output",
+]
 
 SCHEMA_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(StoreError):
@@ -196,3 +209,77 @@ def reusable(uri: str, request: str, config: StorageConfig | None = None) -> Man
         except ObjectNotFoundError:
             return None
     return manifest
+
+
+@dataclass(frozen=True)
+class StageOutput:
+    """Where a stage's output goes, the request that names it, and what an earlier run left there.
+
+    Attributes:
+        stage: the stage's name, for messages.
+        request: the fingerprint of everything the output depends on (input versions, settings, code
+            version); stored in the manifest's `meta["request"]`.
+        store: the output's folder (absolute: other processes and pods read it).
+        manifest_uri: where the manifest goes, last.
+        previous: the manifest an earlier run published there from the same request, with all of its
+            objects intact; None when the stage has to do its work.
+        config: storage settings.
+    """
+
+    stage: str
+    request: str
+    store: Store
+    manifest_uri: str
+    previous: Manifest | None
+    config: StorageConfig | None = None
+
+    @property
+    def root(self) -> str:
+        return self.store.root
+
+    def uri(self, key: str) -> str:
+        return self.store.uri(key)
+
+    def publish(self, manifest: Manifest) -> str:
+        """Publish the stage's manifest, last, stamped with this request (what makes a rerun reuse it)."""
+        if manifest.meta.get("request") != self.request:
+            raise ManifestError(
+                f"{self.stage}: the manifest for {self.manifest_uri} carries request "
+                f"{manifest.meta.get('request')!r}, not this run's {self.request}"
+            )
+        return publish(manifest, self.manifest_uri, self.config)
+
+
+def stage_output(
+    stage: str,
+    request: Mapping[str, Any] | str,
+    config: Config,
+    out: str | None,
+    default: str,
+    manifest_name: str = "manifest.json",
+) -> StageOutput:
+    """The one way a stage finds its output and decides whether to reuse it.
+
+    Args:
+        stage: the stage's name, for messages.
+        request: everything the output depends on (fingerprinted here), or its fingerprint.
+        config: the resolved config (store root and storage settings).
+        out: the output URI a user chose, or None for the default.
+        default: the default output's path below the store root; `{request}` is replaced by the
+            request's first 16 hex digits (e.g. `datasets/validated-{request}`).
+        manifest_name: the manifest's file name in the output folder.
+
+    Returns:
+        The output, with `previous` set when an earlier run published the same request there and all
+        its objects are still intact (the stage then returns that result without working).
+    """
+    request = request if isinstance(request, str) else fingerprint(dict(request))
+    out = out or join_uri(config.store_root(), default.format(request=request[:16]))
+    store = open_store(out, config.storage)
+    manifest_uri = store.uri(manifest_name)
+    previous = reusable(manifest_uri, request, config.storage)
+    if previous is not None:
+        log.info(
+            "%s: %s already holds this request (version %s); reusing it", stage, store.root, previous.fingerprint[:12]
+        )
+    return StageOutput(stage, request, store, manifest_uri, previous, config.storage)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from photogenic.config import Config, fingerprint, to_dict
 from photogenic.data.shards import ShardSink, scratch_dir
 from photogenic.data.sources import Chunk, RawRecord, Source, SourceError, load_chunk, make_source
-from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, publish, reusable
+from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, stage_output
 from photogenic.storage import Store, join_uri, open_store
 
 __all__ = [
@@ -512,16 +512,10 @@ def ingest(
         index, count = partition
         out = out or join_uri(dataset_uri(src, config, count), "parts", f"{index:04d}-of-{count:04d}")
         src = PartitionSource(src, index, count)
-    request = request_fingerprint(src, config)
-    out = out or join_uri(config.store_root(), "datasets", f"ingest-{request[:16]}")
-    store = open_store(out, config.storage)
-    out, manifest_uri = store.root, store.uri("manifest.json")  # absolute: other processes read them
-
-    reused = reusable(manifest_uri, request, config.storage)
+    output = stage_output("ingest", request_fingerprint(src, config), config, out, "datasets/ingest-{request}")
+    store, request, manifest_uri, reused = output.store, output.request, output.manifest_uri, output.previous
+    out = store.root  # absolute: other processes read it
     if reused is not None:
-        log.info(
-            "ingest: %s already holds this input and config (dataset %s); reusing it", out, reused.fingerprint[:12]
-        )
         result = IngestResult(manifest_uri, reused.fingerprint, dict(reused.counts), reused=True)
         _log_result(run, result)
         return result
@@ -545,7 +539,7 @@ def ingest(
         manifest = ingestor.finish(src, request)
     if partition is None:  # a partition may hold only orphans: the merge checks the whole
         _check_not_empty(manifest, src, store, ingestor.first_reasons)
-    publish(manifest, manifest_uri, config.storage)
+    output.publish(manifest)
     counts = dict(manifest.counts)
     assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
     result = IngestResult(
@@ -641,10 +635,15 @@ def merge_partitions(
         raise ValueError(f"partitions {ranks} are not one complete set of partitions 0..n-1 of one source")
     parts = [p for _, p in sorted(zip(ranks, parts, strict=True), key=lambda x: x[0][0])]
     n = len(parts)
-    request = fingerprint({"merge": [p.fingerprint for p in parts], "of": request_fingerprint(src, config, n)})
-    store = open_store(out or dataset_uri(src, config, n), config.storage)
-    out, manifest_uri = store.root, store.uri("manifest.json")
-    reused = reusable(manifest_uri, request, config.storage)
+    output = stage_output(
+        "merge",
+        {"merge": [p.fingerprint for p in parts], "of": request_fingerprint(src, config, n)},
+        config,
+        out or dataset_uri(src, config, n),
+        "",
+    )
+    store, request, manifest_uri, reused = output.store, output.request, output.manifest_uri, output.previous
+    out = store.root
     if reused is not None:
         result = IngestResult(manifest_uri, reused.fingerprint, dict(reused.counts), reused=True)
         _log_result(run, result)
@@ -747,7 +746,7 @@ def merge_partitions(
         },
     )
     _check_not_empty(manifest, src, store, [])
-    publish(manifest, manifest_uri, config.storage)
+    output.publish(manifest)
     assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
     result = IngestResult(manifest_uri, manifest.fingerprint, counts, seconds=time.perf_counter() - started)
     log.info(

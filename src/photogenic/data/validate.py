@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from photogenic.config import Config, DataConfig, fingerprint, to_dict
+from photogenic.config import Config, DataConfig, to_dict
 from photogenic.data.ingest import decoder_message
 from photogenic.data.shards import ShardSink, iter_dataset, scratch_dir
 from photogenic.manifest import (
@@ -24,11 +24,10 @@ from photogenic.manifest import (
     ManifestError,
     ObjectRef,
     content_fingerprint,
-    publish,
     read_manifest,
-    reusable,
+    stage_output,
 )
-from photogenic.storage import StoreError, join_uri, open_store
+from photogenic.storage import StoreError
 
 __all__ = ["validate", "ValidateResult", "ValidationFailedError", "sample_row", "build_suite"]
 
@@ -247,21 +246,20 @@ def validate(
         k: getattr(data, k)
         for k in ("min_caption_chars", "max_caption_chars", "min_image_side", "max_aspect_ratio", "max_failed_fraction")
     }
-    request = fingerprint(
-        {"input": source.fingerprint, "data": settings, "schema": SCHEMA_VERSION, "v": _VALIDATE_VERSION}
+    output = stage_output(
+        "validate",
+        {"input": source.fingerprint, "data": settings, "schema": SCHEMA_VERSION, "v": _VALIDATE_VERSION},
+        config,
+        out,
+        "datasets/validated-{request}",
     )
-    out = out or join_uri(config.store_root(), "datasets", f"validated-{request[:16]}")
-    store = open_store(out, config.storage)
-    out, result_uri = store.root, store.uri("manifest.json")  # absolute: other processes read them
-
-    previous = reusable(result_uri, request, config.storage)
-    if previous is not None:
-        log.info("validate: %s already holds this validation (dataset %s); reusing it", out, previous.fingerprint[:12])
-        counts = dict(previous.counts)
+    store, request, result_uri = output.store, output.request, output.manifest_uri
+    if output.previous is not None:
+        counts = dict(output.previous.counts)
         result = ValidateResult(
             result_uri,
-            previous.fingerprint,
-            join_uri(out, "report.html"),
+            output.previous.fingerprint,
+            output.uri("report.html"),
             counts,
             counts["quarantined"] / max(counts["input"], 1),
             reused=True,
@@ -316,7 +314,7 @@ def validate(
                 f"{data.max_failed_fraction:g}; {see}"
             )
         manifest = _split(source, rows, reasons, config, store, side_refs, counts, request, manifest_uri, Path(tmp))
-    publish(manifest, result_uri, config.storage)
+    output.publish(manifest)
     result = ValidateResult(result_uri, manifest.fingerprint, report_uri, counts, failed)
     log.info(
         "validate: %d in -> %d clean, %d quarantined (%.1f%%); dataset %s (%.1fs)",

@@ -7,12 +7,12 @@ import logging
 from typing import Any
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
-from photogenic.manifest import read_manifest
+from photogenic.manifest import ManifestError, manifest_file, read_manifest
 from photogenic.storage import join_uri, open_store
 from photogenic.train.autoencoder import AutoencoderTrainer
 from photogenic.train.diffusion import DiffusionTrainer, validation_jobs
 from photogenic.train.distributed import rank_lost
-from photogenic.train.trainer import REPLAY_SETTINGS, Trainer, TrainResult, replay_uses
+from photogenic.train.trainer import Trainer, TrainResult, replay_uses
 
 __all__ = ["RECIPES", "train", "run_uri", "default_replay"]
 
@@ -26,9 +26,6 @@ RECIPES: dict[str, type[Trainer]] = {
 
 
 _RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
-# Recipe settings added after runs were made, at their "off" value: left out of a run's identity, so that
-# the runs made before they existed (the same computation) stay reusable.
-_OFF_BY_DEFAULT: dict[str, Any] = {**dict.fromkeys(REPLAY_SETTINGS, 0.0), "frozen_params": ""}
 
 
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
@@ -36,8 +33,7 @@ def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:
     recipe's section, not the other recipes' (tuning quality-tuning must not retrain the autoencoder)."""
     train = to_dict(config.train)
     shared = {k: v for k, v in train.items() if k not in RECIPES and k not in _RUN_NEUTRAL}
-    own = {k: v for k, v in train[recipe].items() if _OFF_BY_DEFAULT.get(k, object()) != v}
-    return {**shared, recipe: own}
+    return {**shared, recipe: train[recipe]}
 
 
 def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
@@ -64,6 +60,14 @@ def default_replay(recipe: str, config: Config, data_uri: str, replay: str | Non
     return rehearsal or None
 
 
+def _version(uri: str, config: Config, what: str) -> str:
+    """The content version of a dataset, model or judge set (its manifest's fingerprint)."""
+    try:
+        return read_manifest(manifest_file(uri), config.storage).fingerprint
+    except ManifestError as exc:
+        raise ManifestError(f"no {what} at {uri}: {exc}") from exc
+
+
 def run_uri(
     recipe: str,
     config: Config,
@@ -74,19 +78,27 @@ def run_uri(
     replay: str | None = None,
 ) -> str:
     """The run's URI (checkpoints/ and model/ below it): `out`, or by default
-    `<store>/runs/<recipe>-<fingerprint of inputs and config>`, made absolute for other processes and pods."""
+    `<store>/runs/<recipe>-<fingerprint>`, made absolute for other processes and pods.
+
+    The fingerprint is of the inputs' content versions (dataset, base model, judges, rehearsal set),
+    not their URIs, and of the settings the result depends on: the same data copied elsewhere is the
+    same run, and new data at an old URI is a new one."""
     if recipe not in RECIPES:
         raise ConfigError(f"unknown recipe {recipe!r}; recipes: {', '.join(RECIPES)}")
     if out is None:
         key = fingerprint(
             {
                 "recipe": recipe,
-                "data": data_uri,
-                "base": base,
+                "data": _version(data_uri, config, "dataset"),
+                "base": _version(base, config, "Photogenic model") if base else None,
                 "model": RECIPES[recipe].model_settings(config.model),
                 "train": _run_train_settings(recipe, config),
-                **({"judges": judges} if judges else {}),
-                **({"replay": replay} if replay and replay_uses(getattr(config.train, recipe)) else {}),
+                **({"judges": _version(judges, config, "judge set")} if judges else {}),
+                **(
+                    {"replay": _version(replay, config, "rehearsal set")}
+                    if replay and replay_uses(getattr(config.train, recipe))
+                    else {}
+                ),
                 **_validation_settings(recipe, config),
             }
         )
