@@ -41,7 +41,8 @@ demo: setup
 # Everything generated from the code and checked in (tests fail while any is stale).
 JOB_ARGS = --preset gpu --nodes 2 --gpus-per-node 8 \
 	--data s3://photogenic/runs/datasets/validated-0000000000000000/manifest.json \
-	--base s3://photogenic/runs/runs/autoencoder-0000000000000000/model storage.root=s3://photogenic/runs
+	--base s3://photogenic/runs/runs/autoencoder-0000000000000000/model \
+	--out s3://photogenic/runs/runs/pretrain-0000000000000000 storage.root=s3://photogenic/runs
 manifests: setup
 	$(BIN)/python -c "from photogenic.components.images import write_kustomize; write_kustomize('manifests/base/images/kustomization.yaml')"
 	$(BIN)/photogenic pipeline compile

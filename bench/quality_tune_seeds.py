@@ -93,7 +93,7 @@ def _report(args, summary, results) -> list[str]:
         "Each quality-tuned model (A) against the pretrained one (B) on the test split "
         f"({int(results[0][3].metrics['appeal_n'])} pairs, "
         f"{int(results[0][3].metrics['appeal_held_out_n'])} of the held-out concept). Recipe: learning rate "
-        f"{qt.learning_rate:g}, rehearsal share {qt.replay_fraction:g}, "
+        f"{qt.learning_rate:g}, rehearsal share {qt.rehearsal_fraction:g}, "
         f"{'decoder side (`DECODER_SIDE`)' if qt.frozen_params == DECODER_SIDE else repr(qt.frozen_params)} "
         f"frozen, cap {qt.steps} steps.",
         "",

@@ -49,11 +49,11 @@ VARIANTS = (
     Variant("whole-unet", (f"{QT}.frozen_params=", LR6), "the whole U-Net trains, rehearsal 0.05, 6e-4"),
     Variant(
         "paper",
-        (f"{QT}.frozen_params=", f"{QT}.replay_fraction=0", LR6),
+        (f"{QT}.frozen_params=", f"{QT}.rehearsal_fraction=0", LR6),
         "the paper's: whole U-Net, no rehearsal, 6e-4",
     ),
-    Variant("no-rehearsal", (f"{QT}.replay_fraction=0", LR6), "decoder side, no rehearsal, 6e-4"),
-    Variant("rehearsal-0.1", (f"{QT}.replay_fraction=0.1", LR6), "decoder side, rehearsal 0.1, 6e-4"),
+    Variant("no-rehearsal", (f"{QT}.rehearsal_fraction=0", LR6), "decoder side, no rehearsal, 6e-4"),
+    Variant("rehearsal-0.1", (f"{QT}.rehearsal_fraction=0.1", LR6), "decoder side, rehearsal 0.1, 6e-4"),
     Variant("lr-3e-4", (f"{QT}.learning_rate=3e-4",), "decoder side, rehearsal 0.05, 3e-4: the preset since"),
     Variant("lr-1.2e-3", (f"{QT}.learning_rate=1.2e-3",), "decoder side, rehearsal 0.05, learning rate 1.2e-3"),
 )

@@ -18,7 +18,7 @@ def train(
     base: str,
     base_version: str,
     judges: str,
-    replay: str,
+    rehearsal: str,
     model: Output[Model],
 ) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
     """Train one recipe (DeepSpeed, resuming from the run's latest checkpoint) and export the model.
@@ -32,7 +32,7 @@ def train(
         base: the model to start from ("" for none): the autoencoder, or the pretrained model.
         base_version: its fingerprint ("" for none).
         judges: the curation judge set for early stopping ("" for none).
-        replay: a dataset to rehearse, read only when the recipe's `replay_fraction` or
+        rehearsal: a dataset to rehearse, read only when the recipe's `rehearsal_fraction` or
             `guidance_preservation` is on ("" for none).
         model: the exported model's manifest (the weights stay in the store, in diffusers format).
 
@@ -43,7 +43,7 @@ def train(
 
     config = tasks.task_config(preset, overrides)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
-    result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id, replay)
+    result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id, rehearsal)
     tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)
 
@@ -58,7 +58,7 @@ def launch_training(
     base: str,
     base_version: str,
     judges: str,
-    replay: str,
+    rehearsal: str,
     backend: str,
     image: str,
     image_pull_secrets: list,
@@ -82,7 +82,7 @@ def launch_training(
         base: the model to start from ("" for none).
         base_version: its fingerprint ("" for none).
         judges: the curation judge set for early stopping ("" for none).
-        replay: a dataset to rehearse (see `train`; "" for none).
+        rehearsal: a dataset to rehearse (see `train`; "" for none).
         backend: `trainjob` (Kubeflow Trainer v2) or `pytorchjob` (training operator v1).
         image: the training image (the pipeline names it from components/images.json when compiled).
         image_pull_secrets: Secrets for pulling it (the job's pods get them).
@@ -119,7 +119,7 @@ def launch_training(
         tolerations=tolerations,
         cache_pvc=cache_pvc,
         timeout_s=timeout_hours * 3600,
-        replay=replay,
+        rehearsal=rehearsal,
     )
     tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)

@@ -120,14 +120,14 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 base="",
                 base_version="",
                 judges="",
-                replay="",
+                rehearsal="",
             )
             autoencoder.set_display_name("autoencoder")
             train_pod(network_retries(with_cluster_env(autoencoder)))
             base = {"base": autoencoder.outputs["uri"], "base_version": autoencoder.outputs["version"]}
 
             with dsl.If(pretrain_backend == "in-task", "pretrain-in-task"):
-                pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", replay="")
+                pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", rehearsal="")
                 pretrain_here.set_display_name("pretrain")
                 train_pod(network_retries(with_cluster_env(pretrain_here)))
             with dsl.Else("pretrain-on-training-operator"):
@@ -137,7 +137,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                     **data,
                     **base,
                     judges="",
-                    replay="",
+                    rehearsal="",
                     backend=pretrain_backend,
                     image=TRAIN_IMAGE,
                     image_pull_secrets=PULL_SECRETS,
@@ -186,7 +186,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
                 base_version=pretrained_version,
                 judges=curation_judges.outputs["uri"],
                 # what the automatic filters kept, rehearsed in a share of every batch (not in the paper)
-                replay=curated.outputs["rehearsal"],
+                rehearsal=curated.outputs["rehearsal"],
             )
             tuned.set_display_name("quality-tune")
             train_pod(network_retries(with_cluster_env(tuned)))

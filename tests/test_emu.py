@@ -236,19 +236,19 @@ def test_quality_tuning_changes_only_the_denoiser_and_stops_early(emu: dict[str,
 def test_quality_tuning_rehearses_the_rehearsal_set_curated_beside_its_data(
     emu: dict[str, Any], tmp_path: Path
 ) -> None:
-    """With `replay_fraction` on and no --replay-data, quality-tuning rehearses the curated set's own
+    """With `rehearsal_fraction` on and no --rehearsal-data, quality-tuning rehearses the curated set's own
     rehearsal set; a training set without one is a clear error. (Nothing is held out here: the tiny
     judges read most images as one shape, and rehearsal leaves out what they see of a held-out one.)"""
     config = _config(
         emu["ws"],
-        "train.quality_tune.replay_fraction=0.25",
+        "train.quality_tune.rehearsal_fraction=0.25",
         "train.quality_tune.validate_every=0",
         "curate.holdout_concepts=[]",
     )
     curated = curate(emu["data"], emu["judges"]["curation"].uri, _config(emu["ws"], "curate.holdout_concepts=[]"))
     result = train("quality_tune", config, curated.manifest_uri, base=emu["pretrained"], progress=False)
-    assert read_manifest(join_uri(result.model_uri, "manifest.json")).meta["replay_uri"] == curated.rehearsal_uri
-    with pytest.raises(ConfigError, match=r"replay_fraction' \(0.25\) needs --replay-data.*no rehearsal set"):
+    assert read_manifest(join_uri(result.model_uri, "manifest.json")).meta["rehearsal_uri"] == curated.rehearsal_uri
+    with pytest.raises(ConfigError, match=r"rehearsal_fraction' \(0.25\) needs --rehearsal-data.*no rehearsal set"):
         train("quality_tune", config, emu["data"], base=emu["pretrained"], out=str(tmp_path / "r"), progress=False)
 
 

@@ -40,7 +40,7 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
         "-w",
         str(tmp_path),
         "world.num_samples=300",
-        "train.quality_tune.replay_fraction=0.25",
+        "train.quality_tune.rehearsal_fraction=0.25",
         # A colour held out: the tiny judges read most shapes as one, and rehearsal leaves out what they see of
         # a held-out concept (colours they read well).
         "curate.holdout_concepts=[purple]",
@@ -62,7 +62,7 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
     assert st["curate"]["funnel"][0][1] == st["validate"]["counts"]["clean"]
     assert st["pretrain"]["steps"] == 2 and Path(st["quality_tune"]["model_uri"], "manifest.json").exists()
     qt_meta = json.loads(Path(st["quality_tune"]["model_uri"], "manifest.json").read_text())["meta"]
-    assert qt_meta["replay_uri"] == st["curate"]["rehearsal_uri"] != ""
+    assert qt_meta["rehearsal_uri"] == st["curate"]["rehearsal_uri"] != ""
     assert Path(st["evaluate"]["report_uri"]).exists() and Path(summary["log_path"]).exists()
 
     client, children = _children(summary)
@@ -167,12 +167,14 @@ def test_pipeline_structure_retries_caching_gpus_and_the_exit_handler() -> None:
 
     images = {e["container"]["image"] for e in executors.values()}
     assert images == set(IMAGES.values())
-    # quality-tuning gets curation's rehearsal set to rehearse; no other training task replays anything
-    replay = {name: task["inputs"]["parameters"]["replay"] for name, task in inner.items() if name.startswith("train")}
-    rehearsal = {"taskOutputParameter": {"outputParameterKey": "rehearsal", "producerTask": "curate"}}
-    assert replay.pop("train-3") == rehearsal
+    # quality-tuning gets curation's rehearsal set to rehearse; no other training task rehearses anything
+    given = {
+        name: task["inputs"]["parameters"]["rehearsal"] for name, task in inner.items() if name.startswith("train")
+    }
+    curated = {"taskOutputParameter": {"outputParameterKey": "rehearsal", "producerTask": "curate"}}
+    assert given.pop("train-3") == curated
     assert inner["train-3"]["taskInfo"]["name"] == "quality-tune"
-    assert replay and all(v == {"runtimeValue": {"constant": ""}} for v in replay.values())
+    assert given and all(v == {"runtimeValue": {"constant": ""}} for v in given.values())
 
 
 def _tasks(spec: dict) -> dict[str, dict]:

@@ -26,7 +26,7 @@ from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
 from photogenic.train.diffusion import DiffusionTrainer
 from photogenic.train.run import run_uri, train
-from photogenic.train.trainer import freeze_matching, replay_counts
+from photogenic.train.trainer import freeze_matching, rehearsal_counts
 from tests.helpers import (
     assert_same_weights,
     child_env,
@@ -51,7 +51,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def replay_set(tiny: dict[str, Any]) -> str:
+def rehearsal_set(tiny: dict[str, Any]) -> str:
     """Another validated tiny world (its own seed): a set to rehearse."""
     other = _config(tiny["ws"], "world.seed=1")
     return validate(ingest("world", other, progress=False).manifest_uri, other).manifest_uri
@@ -271,10 +271,10 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
     store = tmp_path / "versions"
     versions = {name: _version_at(store / name, name) for name in ("data", "base", "judges", "haystack", "other")}
 
-    def uris(*overrides: str, replay: str | None = None) -> dict[str, str]:
+    def uris(*overrides: str, rehearsal: str | None = None) -> dict[str, str]:
         config = tiny_config(tmp_path, *overrides)
         return {
-            r: run_uri(r, config, versions["data"], str(store / "base"), str(store / "judges"), replay=replay)
+            r: run_uri(r, config, versions["data"], str(store / "base"), str(store / "judges"), rehearsal=rehearsal)
             for r in recipes
         }
 
@@ -301,13 +301,13 @@ def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_pa
         uris("evaluate.sampling_steps=3", "train.quality_tune.validate_every=0")["quality_tune"]
         == uris("train.quality_tune.validate_every=0")["quality_tune"]
     )
-    # rehearsal: off, a replay set changes nothing; on, the fraction and the replay set are the
+    # rehearsal: off, a rehearsal set changes nothing; on, the fraction and the rehearsal set are the
     # quality-tuning run's inputs
-    assert uris(replay=versions["haystack"]) == base
-    replayed = uris("train.quality_tune.replay_fraction=0.25", replay=versions["haystack"])
-    assert [replayed[r] == base[r] for r in recipes] == [True, True, False]
-    other_set = uris("train.quality_tune.replay_fraction=0.25", replay=versions["other"])
-    assert other_set["quality_tune"] != replayed["quality_tune"]
+    assert uris(rehearsal=versions["haystack"]) == base
+    rehearsed = uris("train.quality_tune.rehearsal_fraction=0.25", rehearsal=versions["haystack"])
+    assert [rehearsed[r] == base[r] for r in recipes] == [True, True, False]
+    other_set = uris("train.quality_tune.rehearsal_fraction=0.25", rehearsal=versions["other"])
+    assert other_set["quality_tune"] != rehearsed["quality_tune"]
 
 
 def _version_at(root: Path, content: str, kind: str = "dataset") -> str:
@@ -347,13 +347,13 @@ def test_unet_attention_heads_are_as_wide_as_configured(tmp_path: Path) -> None:
     assert {a.heads for a in layers} == {c // model.attention_head_dim for c in model.unet_channels}
 
 
-def test_replay_fraction_of_every_batch_comes_from_the_replay_set(
-    tiny: dict[str, Any], replay_set: str, tmp_path: Path
+def test_rehearsal_fraction_of_every_batch_comes_from_the_rehearsal_set(
+    tiny: dict[str, Any], rehearsal_set: str, tmp_path: Path
 ) -> None:
-    """Rehearsal: a fixed share of each micro-batch is drawn from the replay set (its own captions and
+    """Rehearsal: a fixed share of each micro-batch is drawn from the rehearsal set (its own captions and
     latents, its own seeded order), the rest from the training set, and the run trains and exports."""
-    replay = replay_set
-    config = _config(tiny["ws"], "train.pretrain.replay_fraction=0.5")
+    rehearsal = rehearsal_set
+    config = _config(tiny["ws"], "train.pretrain.rehearsal_fraction=0.5")
     trainer = DiffusionTrainer(
         config=config,
         data_uri=tiny["data"],
@@ -361,11 +361,11 @@ def test_replay_fraction_of_every_batch_comes_from_the_replay_set(
         base=tiny["ae"],
         progress=False,
         name="pretrain",
-        replay=replay,
+        rehearsal=rehearsal,
     )
     result = trainer.train()
     assert result.steps == config.train.pretrain.steps and Path(result.model_uri, "unet").is_dir()
-    own, rehearsed = trainer.data, trainer.replay_data
+    own, rehearsed = trainer.data, trainer.rehearsal_data
     assert rehearsed is not None and rehearsed.keys != own.keys
     assert len(trainer.latents) == len(trainer.captions) == len(own) + len(rehearsed)
     assert trainer.captions[len(own) :] == rehearsed.captions
@@ -379,11 +379,11 @@ def test_replay_fraction_of_every_batch_comes_from_the_replay_set(
         assert (idx < len(own) + len(rehearsed)).all()
         seen.update((idx[-count:] - len(own)).tolist())
     assert len(seen) == min(6 * count, len(rehearsed))  # an epoch-wise permutation: no sample twice
-    # the paper's recipe, replay off, draws its batches exactly as before the option existed
+    # the paper's recipe, rehearsal off, draws its batches exactly as before the option existed
     plain = DiffusionTrainer(
         config=_config(tiny["ws"]), data_uri=tiny["data"], out="", base=tiny["ae"], name="pretrain"
     )
-    plain.data, plain.micro, plain.dist, plain.replay_data, plain.replay_count = (
+    plain.data, plain.micro, plain.dist, plain.rehearsal_data, plain.rehearsal_count = (
         own,
         trainer.micro,
         trainer.dist,
@@ -394,7 +394,7 @@ def test_replay_fraction_of_every_batch_comes_from_the_replay_set(
 
 
 def test_guidance_preservation_holds_the_base_models_guidance(
-    tiny: dict[str, Any], replay_set: str, pretrained: str, tmp_path: Path
+    tiny: dict[str, Any], rehearsal_set: str, pretrained: str, tmp_path: Path
 ) -> None:
     """The preservation term is zero while the denoiser is still the base model, positive once it has
     moved, and the base copy it is compared with stays frozen."""
@@ -413,7 +413,7 @@ def test_guidance_preservation_holds_the_base_models_guidance(
             base=pretrained,
             progress=False,
             name="quality_tune",
-            replay=replay_set,
+            rehearsal=rehearsal_set,
         )
 
     def preservation_term(trainer: DiffusionTrainer) -> float:
@@ -428,7 +428,7 @@ def test_guidance_preservation_holds_the_base_models_guidance(
     fresh = quality_tuning()
     fresh.build()
     assert fresh.preserve_count == 1 and fresh.teacher is not None
-    assert len(fresh.latents) == len(fresh.data)  # the replay set lends captions only: no pixels encoded
+    assert len(fresh.latents) == len(fresh.data)  # the rehearsal set lends captions only: no pixels encoded
     assert abs(preservation_term(fresh)) < 1e-6
     trained = quality_tuning()
     trained.train()
@@ -486,31 +486,31 @@ def test_frozen_params_errors_name_the_setting(tiny: dict[str, Any], tmp_path: P
         train("pretrain", config, tiny["data"], out=str(tmp_path / "x"), base=tiny["ae"], progress=False)
 
 
-def test_replay_counts_spread_the_batch_share_over_the_ranks() -> None:
-    assert replay_counts(64, 1, 0.05) == [3] and replay_counts(64, 1, 0.1) == [6]
-    spread = replay_counts(8, 8, 0.05)  # a batch of 64 on 8 ranks: 3 rehearsed samples in all
+def test_rehearsal_counts_spread_the_batch_share_over_the_ranks() -> None:
+    assert rehearsal_counts(64, 1, 0.05) == [3] and rehearsal_counts(64, 1, 0.1) == [6]
+    spread = rehearsal_counts(8, 8, 0.05)  # a batch of 64 on 8 ranks: 3 rehearsed samples in all
     assert sum(spread) == 3 and set(spread) == {0, 1}
-    assert replay_counts(4, 2, 0.25) == [1, 1] and replay_counts(4, 1, 0.0) == [0]
+    assert rehearsal_counts(4, 2, 0.25) == [1, 1] and rehearsal_counts(4, 1, 0.0) == [0]
 
 
-def test_replay_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path) -> None:
-    on = "train.pretrain.replay_fraction=0.5"
-    with pytest.raises(ConfigError, match=r"'train.pretrain.replay_fraction' \(0.5\) needs --replay-data"):
+def test_rehearsal_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path) -> None:
+    on = "train.pretrain.rehearsal_fraction=0.5"
+    with pytest.raises(ConfigError, match=r"'train.pretrain.rehearsal_fraction' \(0.5\) needs --rehearsal-data"):
         train(
             "pretrain", _config(tiny["ws"], on), tiny["data"], out=str(tmp_path / "a"), base=tiny["ae"], progress=False
         )
-    with pytest.raises(ConfigError, match="recipe autoencoder does not replay data"):
-        config = _config(tiny["ws"], "train.autoencoder.replay_fraction=0.5")
-        train("autoencoder", config, tiny["data"], out=str(tmp_path / "b"), replay=tiny["data"], progress=False)
+    with pytest.raises(ConfigError, match="recipe autoencoder does not rehearsal data"):
+        config = _config(tiny["ws"], "train.autoencoder.rehearsal_fraction=0.5")
+        train("autoencoder", config, tiny["data"], out=str(tmp_path / "b"), rehearsal=tiny["data"], progress=False)
 
-    def pretrain_with_replay(override: str, out: str) -> None:
+    def pretrain_with_rehearsal(override: str, out: str) -> None:
         config, data = _config(tiny["ws"], override), tiny["data"]
-        train("pretrain", config, data, out=str(tmp_path / out), base=tiny["ae"], replay=data, progress=False)
+        train("pretrain", config, data, out=str(tmp_path / out), base=tiny["ae"], rehearsal=data, progress=False)
 
     with pytest.raises(ConfigError, match="must leave at least one sample to each side"):
-        pretrain_with_replay("train.pretrain.replay_fraction=0.99", "c")
+        pretrain_with_rehearsal("train.pretrain.rehearsal_fraction=0.99", "c")
     with pytest.raises(ConfigError, match="has no denoiser"):
-        pretrain_with_replay("train.pretrain.guidance_preservation=1", "d")
+        pretrain_with_rehearsal("train.pretrain.guidance_preservation=1", "d")
 
 
 def test_impossible_configs_are_clear_errors(tiny: dict[str, Any], tmp_path: Path) -> None:

@@ -309,10 +309,10 @@ def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_
 )
 @click.option("--judges", default=None, help="Curation judge set, for early stopping (quality-tune).")
 @click.option(
-    "--replay-data",
-    "replay",
+    "--rehearsal-data",
+    "rehearsal",
     default=None,
-    help="Dataset manifest that `train.<recipe>.replay_fraction` and `guidance_preservation` read (quality-tune; "
+    help="Dataset manifest that `train.<recipe>.rehearsal_fraction` and `guidance_preservation` read (quality-tune; "
     "default: the rehearsal set curated beside --data).",
 )
 @_parent_option
@@ -325,7 +325,7 @@ def train_cmd(
     base: str | None,
     out: str | None,
     judges: str | None,
-    replay: str | None,
+    rehearsal: str | None,
     parent_run_id: str | None,
 ) -> None:
     """Train one recipe with DeepSpeed (in-process, or under torchrun for several ranks); resumes
@@ -335,7 +335,7 @@ def train_cmd(
     name = recipe.replace("-", "_")
     # DeepSpeed prints to stdout; keep stdout for the JSON result.
     with contextlib.redirect_stdout(sys.stderr), _stage_run(config, f"train-{recipe}", parent_run_id) as run:
-        result = train(name, config, data_uri, out=out, base=base, run=run, judges=judges, replay=replay)
+        result = train(name, config, data_uri, out=out, base=base, run=run, judges=judges, rehearsal=rehearsal)
     if int(os.environ.get("RANK", "0")) == 0:
         _echo_result(result)
 
@@ -688,7 +688,7 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--data", "-d", "data_uri", required=True, help="Manifest URI of the training dataset."),
         click.option("--base", "-b", default="", help="Model to start from."),
         click.option("--judges", default="", help="Curation judge set (quality-tune)."),
-        click.option("--replay-data", "replay", default="", help="Dataset to rehearse (quality-tune)."),
+        click.option("--rehearsal-data", "rehearsal", default="", help="Dataset to rehearse (quality-tune)."),
         click.option("--out", default=None, help="Run URI (default: <store>/runs/<recipe>-<fingerprint>)."),
         click.option("--name", default=None, help="Job name (default: photogenic-<recipe>-<run fingerprint>)."),
         click.option("--namespace", "-n", default="kubeflow", help="Namespace of the job."),
@@ -719,13 +719,15 @@ def _training_job(config: Config, kw: dict[str, Any]) -> Any:
 
     recipe = kw["recipe"].replace("-", "_")
     out = run_uri(
-        recipe, config, kw["data_uri"], kw["base"] or None, kw["judges"] or None, kw["out"], kw["replay"] or None
+        recipe, config, kw["data_uri"], kw["base"] or None, kw["judges"] or None, kw["out"], kw["rehearsal"] or None
     )
     overrides = [o for o in overrides_from(config) if not o.startswith("workspace=")]
     return training_job(
         recipe,
         out,
-        train_args(recipe, kw["data_uri"], out, config.preset, overrides, kw["base"], kw["judges"], "", kw["replay"]),
+        train_args(
+            recipe, kw["data_uri"], out, config.preset, overrides, kw["base"], kw["judges"], "", kw["rehearsal"]
+        ),
         image=kw["image"] or TRAIN_IMAGE,
         namespace=kw["namespace"],
         nodes=kw["nodes"],

@@ -178,10 +178,10 @@ class RecipeConfig:
         ge=0,
     )
     patience: int = doc("Validations without improvement before training stops early.", 3, ge=1)
-    replay_fraction: float = doc(
-        "Share of each batch drawn from a replay dataset instead of the training set: rehearsal, so that "
+    rehearsal_fraction: float = doc(
+        "Share of each batch drawn from a rehearsal dataset instead of the training set: rehearsal, so that "
         "quality-tuning keeps concepts its few needles lack. By default it rehearses the rehearsal set curated "
-        "beside the training set (what the automatic filters kept); `--replay-data` names another. Not in the "
+        "beside the training set (what the automatic filters kept); `--rehearsal-data` names another. Not in the "
         "paper; 0 (off) is the paper's recipe.",
         0.0,
         ge=0,
@@ -189,7 +189,7 @@ class RecipeConfig:
     )
     guidance_preservation: float = doc(
         "Weight of a loss that keeps the base model's guidance direction (its conditional minus its "
-        "unconditional prediction) for captions of the replay set (`--replay-data`; captions only, no "
+        "unconditional prediction) for captions of the rehearsal set (`--rehearsal-data`; captions only, no "
         "pixels), on the training set's noisy latents: what a caption asks for stays what the base model "
         "learned, while the look changes. Costs about a third more time per step. Not in the paper; 0 (off).",
         0.0,
@@ -237,7 +237,7 @@ def _qt_recipe() -> RecipeConfig:
         sample_every=0,
         validate_every=100,
         patience=4,
-        replay_fraction=0.05,
+        rehearsal_fraction=0.05,
         frozen_params=DECODER_SIDE,
     )
 

@@ -16,7 +16,7 @@ dropped it and all of its reasons, and the funnel's counts add up.
 Besides the QT set, curation publishes a *rehearsal set*: every sample the automatic filters and concept
 balancing kept, before review and hold-out, with its web caption (the paper's 200M images of billions,
 here about one in fifteen). Quality-tuning rehearses a small share of it in every batch
-(`train.quality_tune.replay_fraction`), so that concepts the few needles lack, held-out ones included,
+(`train.quality_tune.rehearsal_fraction`), so that concepts the few needles lack, held-out ones included,
 are still seen, and seen in a look the automatic filters already vouch for.
 """
 

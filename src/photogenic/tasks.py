@@ -194,7 +194,7 @@ def train_model(
     base: str,
     judges: str,
     parent_run_id: str,
-    replay: str = "",
+    rehearsal: str = "",
 ) -> dict[str, Any]:
     """One training recipe in this process (`autoencoder`, `pretrain`, `quality_tune`)."""
     from photogenic.train.run import train
@@ -208,7 +208,7 @@ def train_model(
             base=base or None,
             run=run,
             judges=judges or None,
-            replay=replay or None,
+            rehearsal=rehearsal or None,
             progress=False,
         )
     return plain(asdict(result))
@@ -235,7 +235,7 @@ def launch_training(
     cache_pvc: str = "",
     timeout_s: float = 7 * 24 * 3600,
     apis: tuple[Any, Any] | None = None,
-    replay: str = "",
+    rehearsal: str = "",
 ) -> dict[str, Any]:
     """Run one recipe as a multi-node job on the training operator; wait; return the exported model.
 
@@ -255,13 +255,13 @@ def launch_training(
         node_selector, tolerations, cache_pvc: passed through to the job's pods.
         timeout_s: fail the task (and delete the job) after this long.
         apis: Kubernetes API clients (tests pass fakes).
-        replay: a dataset the recipe rehearses (`replay_fraction`, `guidance_preservation`); "" for none.
+        rehearsal: a dataset the recipe rehearses (`rehearsal_fraction`, `guidance_preservation`); "" for none.
     """
     from photogenic.launcher import launch, this_pod
     from photogenic.train.run import run_uri
     from photogenic.train.trainer import finished_model
 
-    out = run_uri(recipe, config, data_uri, base or None, judges or None, replay=replay or None)
+    out = run_uri(recipe, config, data_uri, base or None, judges or None, rehearsal=rehearsal or None)
     steps = getattr(config.train, recipe).steps
     model_uri = out.rstrip("/") + "/model"
     done = finished_model(recipe, steps, model_uri, config)
@@ -270,7 +270,7 @@ def launch_training(
     job = training_job(
         recipe,
         out,
-        train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id, replay),
+        train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id, rehearsal),
         image=image,
         namespace=namespace or _pod_namespace(),
         nodes=nodes,
@@ -298,13 +298,13 @@ def train_args(
     base: str = "",
     judges: str = "",
     parent_run_id: str = "",
-    replay: str = "",
+    rehearsal: str = "",
 ) -> list[str]:
     """The `photogenic train ...` arguments a training job's pods run (after `torchrun -m photogenic`)."""
     args = ["train", recipe.replace("_", "-"), "--data", data_uri, "--out", out, "--preset", preset]
     args += ["--base", base] if base else []
     args += ["--judges", judges] if judges else []
-    args += ["--replay-data", replay] if replay else []
+    args += ["--rehearsal-data", rehearsal] if rehearsal else []
     args += ["--parent-run-id", parent_run_id] if parent_run_id else []
     return args + list(overrides)
 

@@ -36,10 +36,10 @@ class DiffusionTrainer(Trainer):
 
     The autoencoder and text encoder are frozen and live outside the DeepSpeed engine, so ZeRO-3
     never partitions them. Latents are computed once (the autoencoder's mean), and so are the states of
-    each distinct caption; a replay dataset's come after the training set's.
+    each distinct caption; a rehearsal dataset's come after the training set's.
     """
 
-    supports_replay = True
+    supports_rehearsal = True
 
     @staticmethod
     def model_settings(model: ModelConfig) -> dict[str, Any]:
@@ -98,13 +98,13 @@ class DiffusionTrainer(Trainer):
                 model_cls=UNet2DConditionModel,
                 model_config=self.model.config,
             )
-        sets = [data] if self.replay_data is None else [data, self.replay_data]
+        sets = [data] if self.rehearsal_data is None else [data, self.rehearsal_data]
         self.captions = [c for d in sets for c in d.captions]
         self._cache_captions(self.captions)
         factor = self.vae.config.scaling_factor
         chunks = []
-        # replay pixels only when batches rehearse them; guidance preservation reads the captions alone
-        for images_u8 in (d.images for d in (sets if self.replay_count else [data])):
+        # rehearsal pixels only when batches rehearse them; guidance preservation reads the captions alone
+        for images_u8 in (d.images for d in (sets if self.rehearsal_count else [data])):
             for start in range(0, len(images_u8), 256):
                 images = images_u8[start : start + 256].float().div(127.5).sub(1.0).to(self.dist.device)
                 chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
@@ -117,10 +117,10 @@ class DiffusionTrainer(Trainer):
         self.preserve_count = max(1, self.micro // 4) if self.teacher is not None else 0
 
     def preservation_indices(self, step: int, micro: int) -> torch.Tensor:
-        """Replay-set captions whose guidance direction one micro-batch preserves (indices into `captions`)."""
+        """Rehearsal-set captions whose guidance direction one micro-batch preserves (indices into `captions`)."""
         seed, accum = self.config.train.seed + self.dist.rank + _PRESERVE_SEED, self.recipe.grad_accum_steps
-        assert self.replay_data is not None
-        return self.replay_data.indices(step, micro, self.preserve_count, accum, seed) + len(self.data)
+        assert self.rehearsal_data is not None
+        return self.rehearsal_data.indices(step, micro, self.preserve_count, accum, seed) + len(self.data)
 
     @torch.no_grad()
     def _cache_captions(self, captions: list[str]) -> None:
@@ -162,7 +162,7 @@ class DiffusionTrainer(Trainer):
             target = noise
         dtype = next(self.engine.module.parameters()).dtype
         n = self.preserve_count
-        if n:  # one forward: the batch, then n of its noisy latents under replayed captions and under none
+        if n:  # one forward: the batch, then n of its noisy latents under rehearsed captions and under none
             captions = self.preservation_indices(step, micro)
             kept = self._context(captions, torch.zeros(n, dtype=torch.bool))
             empty = self._context(captions, torch.ones(n, dtype=torch.bool))
@@ -295,7 +295,7 @@ class DiffusionTrainer(Trainer):
 
 
 _CAPTION_CACHE_MAX = 100_000
-_PRESERVE_SEED = 104_729  # offsets the order of the captions whose guidance is preserved (see REPLAY_SEED)
+_PRESERVE_SEED = 104_729  # offsets the order of the captions whose guidance is preserved (see REHEARSAL_SEED)
 
 
 def validation_jobs(config: Config, n: int = 16) -> list[tuple[str, int]]:

@@ -12,9 +12,9 @@ from photogenic.storage import join_uri, open_store
 from photogenic.train.autoencoder import AutoencoderTrainer
 from photogenic.train.diffusion import DiffusionTrainer, validation_jobs
 from photogenic.train.distributed import rank_lost
-from photogenic.train.trainer import Trainer, TrainResult, replay_uses
+from photogenic.train.trainer import Trainer, TrainResult, rehearsal_uses
 
-__all__ = ["RECIPES", "train", "run_uri", "default_replay"]
+__all__ = ["RECIPES", "train", "run_uri", "default_rehearsal"]
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +47,17 @@ def _validation_settings(recipe: str, config: Config) -> dict[str, Any]:
     }
 
 
-def default_replay(recipe: str, config: Config, data_uri: str, replay: str | None) -> str | None:
-    """The replay dataset a run reads: `replay` when given; else, for a recipe setting that reads one,
+def default_rehearsal(recipe: str, config: Config, data_uri: str, rehearsal: str | None) -> str | None:
+    """The rehearsal dataset a run reads: `rehearsal` when given; else, for a recipe setting that reads one,
     the rehearsal set that curation published beside the training set (its manifest's `rehearsal`)."""
-    if replay or recipe not in RECIPES or not RECIPES[recipe].supports_replay:
-        return replay
-    if not replay_uses(getattr(config.train, recipe)):
-        return replay
-    rehearsal = read_manifest(data_uri, config.storage).meta.get("rehearsal")
-    if rehearsal:
-        log.info("%s: rehearsing %s, the rehearsal set curated beside %s", recipe, rehearsal, data_uri)
-    return rehearsal or None
+    if rehearsal or recipe not in RECIPES or not RECIPES[recipe].supports_rehearsal:
+        return rehearsal
+    if not rehearsal_uses(getattr(config.train, recipe)):
+        return rehearsal
+    curated = read_manifest(data_uri, config.storage).meta.get("rehearsal")
+    if curated:
+        log.info("%s: rehearsing %s, the rehearsal set curated beside %s", recipe, curated, data_uri)
+    return curated or None
 
 
 def _version(uri: str, config: Config, what: str) -> str:
@@ -75,7 +75,7 @@ def run_uri(
     base: str | None,
     judges: str | None,
     out: str | None = None,
-    replay: str | None = None,
+    rehearsal: str | None = None,
 ) -> str:
     """The run's URI (checkpoints/ and model/ below it): `out`, or by default
     `<store>/runs/<recipe>-<fingerprint>`, made absolute for other processes and pods.
@@ -95,8 +95,8 @@ def run_uri(
                 "train": _run_train_settings(recipe, config),
                 **({"judges": _version(judges, config, "judge set")} if judges else {}),
                 **(
-                    {"replay": _version(replay, config, "rehearsal set")}
-                    if replay and replay_uses(getattr(config.train, recipe))
+                    {"rehearsal": _version(rehearsal, config, "rehearsal set")}
+                    if rehearsal and rehearsal_uses(getattr(config.train, recipe))
                     else {}
                 ),
                 **_validation_settings(recipe, config),
@@ -115,7 +115,7 @@ def train(
     run: Any = None,
     progress: bool = True,
     judges: str | None = None,
-    replay: str | None = None,
+    rehearsal: str | None = None,
 ) -> TrainResult:
     """Run one training recipe (the function behind `photogenic train RECIPE`).
 
@@ -127,14 +127,14 @@ def train(
         base: the model to start from (`pretrain`: the autoencoder; `quality_tune`: the pretrained model).
         run: an optional tracking Run.
         judges: the curation judge set, for recipes that stop early on judged appeal (`validate_every`).
-        replay: a dataset for quality-tuning's `replay_fraction` and `guidance_preservation`; by default
+        rehearsal: a dataset for quality-tuning's `rehearsal_fraction` and `guidance_preservation`; by default
             the rehearsal set curated beside `data_uri`, when it has one.
 
     Returns:
         The exported model's URI and version, the steps, and whether it resumed.
     """
-    replay = default_replay(recipe, config, data_uri, replay)
-    out = run_uri(recipe, config, data_uri, base, judges, out, replay)
+    rehearsal = default_rehearsal(recipe, config, data_uri, rehearsal)
+    out = run_uri(recipe, config, data_uri, base, judges, out, rehearsal)
     trainer = RECIPES[recipe](
         config=config,
         data_uri=data_uri,
@@ -144,7 +144,7 @@ def train(
         progress=progress,
         name=recipe,
         judges=judges,
-        replay=replay,
+        rehearsal=rehearsal,
     )
     try:
         result = trainer.train()

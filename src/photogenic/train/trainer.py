@@ -30,17 +30,17 @@ __all__ = [
     "TrainResult",
     "finished_model",
     "freeze_matching",
-    "replay_counts",
+    "rehearsal_counts",
     "seeded",
     "gathered_copy",
-    "REPLAY_SETTINGS",
-    "replay_uses",
+    "REHEARSAL_SETTINGS",
+    "rehearsal_uses",
 ]
 
 log = logging.getLogger(__name__)
 
-REPLAY_SETTINGS = ("replay_fraction", "guidance_preservation")  # the recipe settings that read --replay-data
-REPLAY_SEED = 7_919  # offsets the replay set's data-order seed from the training set's
+REHEARSAL_SETTINGS = ("rehearsal_fraction", "guidance_preservation")  # the recipe settings that read --rehearsal-data
+REHEARSAL_SEED = 7_919  # offsets the rehearsal set's data-order seed from the training set's
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Trainer:
         base: an exported model to start from (the autoencoder for pretraining, the pretrained
             model for quality-tuning).
         run: an optional tracking Run (side effects on rank 0 only).
-        replay: manifest of a dataset the recipe's `replay_fraction` (a share of every batch) and
+        rehearsal: manifest of a dataset the recipe's `rehearsal_fraction` (a share of every batch) and
             `guidance_preservation` (its captions) read; unused when both are 0.
     """
 
@@ -87,7 +87,7 @@ class Trainer:
     progress: bool = True
     name: str = ""
     judges: str | None = None
-    replay: str | None = None
+    rehearsal: str | None = None
     dist: Dist = field(init=False)
     recipe: RecipeConfig = field(init=False)
 
@@ -96,7 +96,7 @@ class Trainer:
         self.workdir = Path(self.config.workspace, "cache").resolve()
         self.best: dict[str, Any] = {"score": None, "step": None, "bad": 0, "weights": None, "history": []}
 
-    supports_replay = False  # recipes whose batches may mix in a replay dataset
+    supports_rehearsal = False  # recipes whose batches may mix in a rehearsal dataset
 
     # ------------------------------------------------------------------------------ recipe hooks
 
@@ -163,7 +163,7 @@ class Trainer:
         self.model = self.build_model().to(self.dist.device)  # may set the image size of a given model
         freeze_matching(self.model, self.recipe.frozen_params, f"train.{self.name}.frozen_params")
         self.data = self._rank_data(self.data_uri)
-        self.replay_data, self.replay_count = self._load_replay()
+        self.rehearsal_data, self.rehearsal_count = self._load_rehearsal()
         self.prepare(self.data)
         self.engine, self.optimizer, self.scheduler = wrap(
             self.model, self.config.train, self.recipe, self.name, self.dist.world_size
@@ -176,42 +176,46 @@ class Trainer:
             signature=self.signature(),
         )
 
-    def _load_replay(self) -> tuple[RankData | None, int]:
-        """This rank's share of the replay dataset (when a setting uses it) and the samples each
+    def _load_rehearsal(self) -> tuple[RankData | None, int]:
+        """This rank's share of the rehearsal dataset (when a setting uses it) and the samples each
         micro-batch takes from it."""
-        uses = replay_uses(self.recipe)
+        uses = rehearsal_uses(self.recipe)
         if not uses:
-            if self.replay:
+            if self.rehearsal:
                 log.info(
-                    "%s: replay data %s not used (no train.%s.%s)", self.name, self.replay, self.name, REPLAY_SETTINGS
+                    "%s: rehearsal data %s not used (no train.%s.%s)",
+                    self.name,
+                    self.rehearsal,
+                    self.name,
+                    REHEARSAL_SETTINGS,
                 )
             return None, 0
         key, value = next(iter(uses.items()))
         key = f"train.{self.name}.{key}"
-        if not self.supports_replay:
-            raise ConfigError(f"config key {key!r} ({value}): recipe {self.name} does not replay data; set it to 0")
-        if not self.replay:
+        if not self.supports_rehearsal:
+            raise ConfigError(f"config key {key!r} ({value}): recipe {self.name} does not rehearsal data; set it to 0")
+        if not self.rehearsal:
             raise ConfigError(
-                f"config key {key!r} ({value}) needs --replay-data, the dataset to rehearse: {self.data_uri} has no "
+                f"config key {key!r} ({value}) needs --rehearsal-data, the dataset to rehearse: {self.data_uri} has no "
                 f"rehearsal set beside it (`photogenic curate` publishes one); or set it to 0"
             )
         from photogenic.manifest import read_manifest
 
-        size = read_manifest(self.replay, self.config.storage).counts.get("samples")
+        size = read_manifest(self.rehearsal, self.config.storage).counts.get("samples")
         if size == 0:
             raise ConfigError(
-                f"config key {key!r} ({value}) rehearses {self.replay}, which holds no sample (a rehearsal set "
-                "leaves out every sample showing a held-out concept); pass another --replay-data or set it to 0"
+                f"config key {key!r} ({value}) rehearses {self.rehearsal}, which holds no sample (a rehearsal set "
+                "leaves out every sample showing a held-out concept); pass another --rehearsal-data or set it to 0"
             )
-        fraction = self.recipe.replay_fraction
-        counts = replay_counts(self.micro, self.dist.world_size, fraction)
+        fraction = self.recipe.rehearsal_fraction
+        counts = rehearsal_counts(self.micro, self.dist.world_size, fraction)
         if fraction and not (sum(counts) > 0 and max(counts) < self.micro):
             raise ConfigError(
-                f"config key 'train.{self.name}.replay_fraction' ({fraction}) gives {sum(counts)} of the "
-                f"{self.micro * self.dist.world_size} samples of a step's micro-batches to replay, at most "
+                f"config key 'train.{self.name}.rehearsal_fraction' ({fraction}) gives {sum(counts)} of the "
+                f"{self.micro * self.dist.world_size} samples of a step's micro-batches to rehearsal, at most "
                 f"{max(counts)} of a rank's {self.micro}; it must leave at least one sample to each side"
             )
-        return self._rank_data(self.replay), counts[self.dist.rank]
+        return self._rank_data(self.rehearsal), counts[self.dist.rank]
 
     def _rank_data(self, uri: str) -> RankData:
         """This rank's share of a dataset, at the model's image size, through the local shard cache."""
@@ -220,14 +224,14 @@ class Trainer:
         )
 
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
-        """Indices of one micro-batch: the training set's, then the replay set's, offset by the training
-        set's length (a recipe that replays indexes the two one after the other)."""
+        """Indices of one micro-batch: the training set's, then the rehearsal set's, offset by the training
+        set's length (a recipe that rehearses indexes the two one after the other)."""
         seed, accum = self.config.train.seed + self.dist.rank, self.recipe.grad_accum_steps
-        own = self.data.indices(step, micro, self.micro - self.replay_count, accum, seed)
-        if self.replay_data is None or not self.replay_count:
+        own = self.data.indices(step, micro, self.micro - self.rehearsal_count, accum, seed)
+        if self.rehearsal_data is None or not self.rehearsal_count:
             return own
-        replayed = self.replay_data.indices(step, micro, self.replay_count, accum, seed + REPLAY_SEED)
-        return torch.cat([own, replayed + len(self.data)])
+        rehearsed = self.rehearsal_data.indices(step, micro, self.rehearsal_count, accum, seed + REHEARSAL_SEED)
+        return torch.cat([own, rehearsed + len(self.data)])
 
     def batch_generator(self, step: int) -> Any:
         for micro in range(self.recipe.grad_accum_steps):
@@ -348,8 +352,8 @@ class Trainer:
                     "base": self.base,
                     "final_loss": loss,
                 }
-                if self.replay_data is not None:
-                    meta["replay_uri"] = self.replay
+                if self.rehearsal_data is not None:
+                    meta["rehearsal_uri"] = self.rehearsal
                 if self.best["score"] is not None:
                     meta["early_stopping"] = {
                         "best_step": self.best["step"],
@@ -446,13 +450,13 @@ def gathered_copy(engine: Any) -> torch.nn.Module:
     return clone
 
 
-def replay_uses(recipe: RecipeConfig) -> dict[str, float]:
-    """The recipe's settings that are on and read the replay dataset, with their values."""
-    return {k: getattr(recipe, k) for k in REPLAY_SETTINGS if getattr(recipe, k)}
+def rehearsal_uses(recipe: RecipeConfig) -> dict[str, float]:
+    """The recipe's settings that are on and read the rehearsal dataset, with their values."""
+    return {k: getattr(recipe, k) for k in REHEARSAL_SETTINGS if getattr(recipe, k)}
 
 
-def replay_counts(micro: int, world_size: int, fraction: float) -> list[int]:
-    """Replayed samples in each rank's micro-batch: `fraction` of all ranks' micro-batches together,
+def rehearsal_counts(micro: int, world_size: int, fraction: float) -> list[int]:
+    """Rehearsed samples in each rank's micro-batch: `fraction` of all ranks' micro-batches together,
     rounded, spread over the ranks as evenly as it goes (so that 8 ranks with micro-batches of 8 still
     rehearse 5% of the batch of 64: 3 samples, on 3 of the ranks)."""
     total = round(micro * world_size * fraction)
