@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from photogenic.launcher import CONFIG_MAP_KEYS, S3_SECRET_KEYS
-from photogenic.tasks import RUN_ID_ENV
+from photogenic.tracking import RUN_ID_ENV
 
 # The image's user (images/photogenic/Dockerfile), the uid a cluster runs our pods as.
 IMAGE_USER = "10001:10001"

@@ -12,7 +12,7 @@ from kfp import dsl, kubernetes
 
 from photogenic.components.images import PULL_SECRETS
 from photogenic.launcher import CONFIG_MAP_KEYS, S3_SECRET_KEYS
-from photogenic.tasks import RUN_ID_ENV
+from photogenic.tracking import RUN_ID_ENV
 
 S3_SECRET = "photogenic-s3"  # manifests/secrets: the Secret users create
 CONFIG_MAP = "photogenic-config"  # manifests/base: S3 endpoint, region, MLflow URI, store root

@@ -258,7 +258,7 @@ def _run_id_env(run_id: str) -> Any:
     find the MLflow parent run by it."""
     import os
 
-    from photogenic.tasks import RUN_ID_ENV
+    from photogenic.tracking import RUN_ID_ENV
 
     saved = os.environ.get(RUN_ID_ENV)
     os.environ[RUN_ID_ENV] = run_id

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from kubernetes.client.exceptions import ApiException
 
-from photogenic.launcher import LaunchError, TrainingJob, job_name, launch, pytorchjob, trainjob
+from photogenic.launcher import LaunchError, TrainingJob, job_name, launch, pytorchjob, train_args, trainjob
 
 GROUPS = {"pytorchjobs": "kubeflow.org", "trainjobs": "trainer.kubeflow.org"}
 
@@ -252,9 +252,9 @@ def test_launch_training_runs_the_pods_command_and_returns_the_model(tmp_path: P
     assert custom.deleted == ["photogenic-pretrain-run1"]
     again = tasks.launch_training(config, "tiny", [f"workspace={tmp_path}"], "pretrain", data, ae, "", "", **kw)
     assert again["reused"] is True and len(custom.created) == 1  # a finished model needs no second job
-    args = tasks.train_args("quality_tune", "d.json", "s3://b/run", "tiny", ["a.b=1"], "base", "j", "", "h.json")
+    args = train_args("quality_tune", "d.json", "s3://b/run", "tiny", ["a.b=1"], "base", "j", "", "h.json")
     assert args[args.index("--rehearsal-data") + 1] == "h.json" and args[-1] == "a.b=1"
-    assert "--rehearsal-data" not in tasks.train_args("pretrain", "d.json", "s3://b/run", "tiny", [], "ae")
+    assert "--rehearsal-data" not in train_args("pretrain", "d.json", "s3://b/run", "tiny", [], "ae")
 
 
 # --------------------------------------------------------------------------------------------- pods

@@ -409,7 +409,7 @@ def test_pipeline_arguments_are_typed_as_the_pipeline_declares_them() -> None:
 
 
 def test_the_registration_gate_reads_interval_bounds() -> None:
-    from photogenic.tasks import gate
+    from photogenic.registry import gate
 
     faith = {
         "faithfulness_win": 0.1,
@@ -442,7 +442,8 @@ def test_the_registration_gate_reads_interval_bounds() -> None:
 def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
-    from photogenic.tasks import open_pipeline_run, register_model
+    from photogenic.registry import register_model
+    from photogenic.tracking import open_pipeline_run
     from tests.helpers import tiny_config
 
     config = tiny_config(tmp_path)

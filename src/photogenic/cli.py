@@ -249,17 +249,19 @@ def world_sheet(config: Config, out: str, columns: int) -> None:
 # --------------------------------------------------------------------------------------------- stages
 
 
-def _stage_run(config: Config, stage: str, parent_run_id: str | None) -> Any:
-    from photogenic.tracking import Tracker
+def _run_stage(stage: str, config: Config, parent_run_id: str | None, **inputs: Any) -> Any:
+    """Run a stage exactly as the pipeline's task does (`photogenic.stages.run_stage`)."""
+    from photogenic.stages import run_stage
 
-    return Tracker(config).stage_run(stage, parent_run_id)
+    return run_stage(stage, config, parent_run_id, **inputs)
 
 
 def _echo_result(result: Any) -> None:
-    import dataclasses
     import json
 
-    click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+    from photogenic.stages import result_dict
+
+    click.echo(json.dumps(result_dict(result), indent=2))
 
 
 _parent_option = click.option(
@@ -275,10 +277,7 @@ _parent_option = click.option(
 @_friendly_errors
 def ingest_cmd(config: Config, source: str, out: str | None, parent_run_id: str | None) -> None:
     """Ingest a source into versioned tar shards; prints the result as JSON."""
-    from photogenic.data.ingest import ingest
-
-    with _stage_run(config, "ingest", parent_run_id) as run:
-        _echo_result(ingest(source, config, out=out, run=run))
+    _echo_result(_run_stage("ingest", config, parent_run_id, source=source, out=out))
 
 
 @main.command("validate")
@@ -289,10 +288,7 @@ def ingest_cmd(config: Config, source: str, out: str | None, parent_run_id: str 
 @_friendly_errors
 def validate_cmd(config: Config, manifest_uri: str, out: str | None, parent_run_id: str | None) -> None:
     """Validate a dataset with Great Expectations; failing samples are quarantined with reasons."""
-    from photogenic.data.validate import validate
-
-    with _stage_run(config, "validate", parent_run_id) as run:
-        _echo_result(validate(manifest_uri, config, out=out, run=run))
+    _echo_result(_run_stage("validate", config, parent_run_id, manifest_uri=manifest_uri, out=out))
 
 
 @main.command("train")
@@ -330,12 +326,9 @@ def train_cmd(
 ) -> None:
     """Train one recipe with DeepSpeed (in-process, or under torchrun for several ranks); resumes
     from the run's latest checkpoint and exports the model in diffusers format."""
-    from photogenic.train.run import train
-
-    name = recipe.replace("-", "_")
-    # DeepSpeed prints to stdout; keep stdout for the JSON result.
-    with contextlib.redirect_stdout(sys.stderr), _stage_run(config, f"train-{recipe}", parent_run_id) as run:
-        result = train(name, config, data_uri, out=out, base=base, run=run, judges=judges, rehearsal=rehearsal)
+    inputs = {"data_uri": data_uri, "out": out, "base": base, "judges": judges, "rehearsal": rehearsal}
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; keep stdout for the JSON result
+        result = _run_stage("train", config, parent_run_id, recipe=recipe.replace("-", "_"), **inputs)
     if int(os.environ.get("RANK", "0")) == 0:
         _echo_result(result)
 
@@ -358,10 +351,7 @@ def judges_group() -> None:
 @_friendly_errors
 def judges_train_cmd(config: Config, purpose: str, out: str | None, parent_run_id: str | None) -> None:
     """Render, train and validate one judge set; prints its URI and held-out agreement with the oracle."""
-    from photogenic.judges import train_judges
-
-    with _stage_run(config, f"judges-{purpose}", parent_run_id) as run:
-        _echo_result(train_judges(config, purpose, out=out, run=run))  # type: ignore[arg-type]
+    _echo_result(_run_stage("judges", config, parent_run_id, purpose=purpose, out=out))
 
 
 @judges_group.command("import")
@@ -390,13 +380,16 @@ def curate_cmd(
     config: Config, data_uri: str, judges: str, approved: str | None, out: str | None, parent_run_id: str | None
 ) -> None:
     """Run the curation funnel: automatic filters, two review rounds, held-out concepts; prints the funnel."""
-    from photogenic.curate import ReviewNeeded, curate
+    from photogenic.curate import ReviewNeeded
 
     try:
-        with _stage_run(config, "curate", parent_run_id) as run:
-            _echo_result(curate(data_uri, judges, config, out=out, approved=approved, run=run))
-    except ReviewNeeded as exc:
+        result = _run_stage(
+            "curate", config, parent_run_id, data_uri=data_uri, judges_uri=judges, out=out, approved=approved
+        )
+    except ReviewNeeded as exc:  # not a failure here; in the pipeline it stops the run with this message
         click.echo(str(exc))
+        return
+    _echo_result(result)
 
 
 @main.command("evaluate")
@@ -440,21 +433,19 @@ def evaluate_cmd(
 ) -> None:
     """Compare two models pairwise: appeal and faithfulness win/tie/loss. World models are rated by the
     ground-truth panel, with the learned judges beside it; real models by the imported judges."""
-    from photogenic.evaluate import evaluate
-
-    with _stage_run(config, "evaluate", parent_run_id) as run:
-        result = evaluate(
-            model_a,
-            model_b,
-            judges,
-            config,
-            out=out,
-            run=run,
-            prompts_file=prompts_file,
-            split=split,
-            curation_judges_uri=curation_judges,
-        )
-        _echo_result(result)
+    result = _run_stage(
+        "evaluate",
+        config,
+        parent_run_id,
+        a=model_a,
+        b=model_b,
+        judges_uri=judges,
+        out=out,
+        prompts_file=prompts_file,
+        split=split,
+        curation_judges_uri=curation_judges,
+    )
+    _echo_result(result)
 
 
 @main.group("model")
@@ -713,8 +704,7 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _training_job(config: Config, kw: dict[str, Any]) -> Any:
     from photogenic.components.images import PULL_SECRETS, TRAIN_IMAGE
     from photogenic.config import overrides_from
-    from photogenic.launcher import GPU_TOLERATIONS
-    from photogenic.tasks import train_args, training_job
+    from photogenic.launcher import GPU_TOLERATIONS, train_args, training_job
     from photogenic.train.run import run_uri
 
     recipe = kw["recipe"].replace("-", "_")

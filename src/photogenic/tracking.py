@@ -14,11 +14,28 @@ from typing import Any
 from photogenic.config import Config, flatten, to_dict
 from photogenic.redact import REDACTED, looks_secret_name, looks_secret_value, redact, secret_env_values
 
-__all__ = ["Tracker", "Run", "TrackingError", "tracking_uri", "is_rank_zero", "git_commit"]
+__all__ = [
+    "Tracker",
+    "Run",
+    "TrackingError",
+    "tracking_uri",
+    "is_rank_zero",
+    "git_commit",
+    "KFP_RUN_TAG",
+    "RUN_ID_ENV",
+    "pipeline_run_id",
+    "parent_run_id",
+    "open_pipeline_run",
+    "close_pipeline_run",
+]
 
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+KFP_RUN_TAG = "photogenic.kfp_run_id"
+# This pipeline run's id, in every task's environment: on a cluster from the pod's `pipeline/runid` label
+# (pipelines/kubernetes.py), locally from the runner (pipelines/local.py).
+RUN_ID_ENV = "PHOTOGENIC_KFP_RUN_ID"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _BATCH = 100  # MLflow's limit on params per log_batch call
 
@@ -130,6 +147,16 @@ class Tracker:
             run.log_config(self.config)
             yield run
 
+    def find_run(self, tag: str, value: str) -> str | None:
+        """The id of a run in this experiment tagged `tag=value`, or None."""
+        runs = self._call(
+            "search runs",
+            lambda: self.client.search_runs(
+                [self.experiment_id()], filter_string=f"tags.`{tag}` = '{value}'", max_results=1
+            ),
+        )
+        return runs[0].info.run_id if runs else None
+
     def _call(self, what: str, fn: Any) -> Any:
         try:
             return fn()
@@ -234,3 +261,72 @@ def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
 def _safe_uri(uri: str) -> str:
     """A tracking URI fit for a log line: any user:password in it is dropped."""
     return redact({"uri": uri})["uri"] if "@" in uri else uri
+
+
+# ----------------------------------------------------------------------------------- the pipeline's run
+
+
+def pipeline_run_id(kfp_run_id: str = "") -> str:
+    """This pipeline run's id: `$PHOTOGENIC_KFP_RUN_ID` where set, else `kfp_run_id`."""
+    return os.environ.get(RUN_ID_ENV) or kfp_run_id
+
+
+def parent_run_id(config: Config) -> str:
+    """The MLflow parent run of this pipeline run ("" outside one), found by its run-id tag.
+
+    Cached tasks look it up rather than take it as an input: an input that changes every run changes
+    the task's cache key every run, and KFP would never reuse a result.
+    """
+    run_id = pipeline_run_id()
+    if not run_id:
+        return ""
+    found = _find_parent(Tracker(config), run_id)
+    if not found:
+        log.warning("no MLflow parent run tagged %s=%s: this stage's run has no parent", KFP_RUN_TAG, run_id)
+    return found or ""
+
+
+def open_pipeline_run(config: Config, kfp_run_id: str, pipeline_version: str) -> str:
+    """Open the pipeline's MLflow parent run, tagged with the KFP run id; returns its run id.
+
+    A retried task finds the run it opened before (same KFP run id) instead of opening another.
+    """
+    kfp_run_id = pipeline_run_id(kfp_run_id)
+    tracker = Tracker(config)
+    existing = _find_parent(tracker, kfp_run_id)
+    if existing:
+        return existing
+    tags = {
+        KFP_RUN_TAG: kfp_run_id,
+        "photogenic.pipeline_version": pipeline_version,
+        "photogenic.preset": config.preset,
+        "photogenic.config_fingerprint": config.fingerprint(),
+    }
+    run = tracker.start_run(f"photogenic-{config.preset}-{kfp_run_id[:8]}", tags=tags)
+    run.log_config(config)
+    if not run.active:
+        raise RuntimeError(f"could not open the MLflow parent run at {tracking_uri(config)}: {tracker.failures}")
+    return run.run_id or ""
+
+
+def close_pipeline_run(config: Config, kfp_run_id: str, state: str, error: str = "") -> str:
+    """Mark the parent run FINISHED (KFP state SUCCEEDED) or FAILED (anything else), with the error as a tag.
+
+    Returns:
+        The MLflow status written, or "" when no parent run was opened (the first task failed).
+    """
+    kfp_run_id = pipeline_run_id(kfp_run_id)
+    tracker = Tracker(config)
+    run_id = _find_parent(tracker, kfp_run_id)
+    if not run_id:
+        log.warning("no MLflow parent run tagged %s=%s; nothing to close", KFP_RUN_TAG, kfp_run_id)
+        return ""
+    run = Run(tracker, run_id)
+    status = "FINISHED" if state == "SUCCEEDED" else "FAILED"
+    run.set_tags({"photogenic.kfp_state": state, **({"photogenic.error": error[:5000]} if error else {})})
+    run.end(status)
+    return status
+
+
+def _find_parent(tracker: Tracker, kfp_run_id: str) -> str | None:
+    return tracker.find_run(KFP_RUN_TAG, kfp_run_id)
