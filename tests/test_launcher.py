@@ -421,7 +421,8 @@ def test_job_pods_can_write_their_cache_pull_private_images_and_need_the_config_
 def test_the_default_backend_is_kubeflow_trainer_v2(tmp_path: Path) -> None:
     from photogenic.cli import main
 
-    args = ["job", "render", "--data", "s3://b/d/manifest.json", "--preset", "tiny", f"workspace={tmp_path}"]
+    args = ["job", "render", "--data", "s3://b/d/manifest.json", "--out", "s3://bucket/runs/pretrain-1"]
+    args += ["--preset", "tiny", f"workspace={tmp_path}"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     body = __import__("yaml").safe_load(result.output)

@@ -481,7 +481,7 @@ def raters_group() -> None:
 @_friendly_errors
 def raters_export_cmd(config: Config, evaluation: str, out: str) -> None:
     """Write an evaluation's pairs (sides shuffled) and a page to rate them."""
-    from photogenic.evaluate import export_pairs
+    from photogenic.raters import export_pairs
 
     click.echo(str(export_pairs(evaluation, out, config)))
 
@@ -495,7 +495,7 @@ def raters_import_cmd(config: Config, pairs: str, votes: str) -> None:
     """Turn raters' votes (a JSON list) into win/tie/loss tables for A, with 95% intervals."""
     from pathlib import Path
 
-    from photogenic.evaluate import import_votes
+    from photogenic.raters import import_votes
 
     click.echo(json.dumps(import_votes(pairs, json.loads(Path(votes).read_text()), config), indent=2))
 

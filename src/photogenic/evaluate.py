@@ -13,25 +13,24 @@ renders, and calls the result untrustworthy below `evaluate.min_judge_agreement`
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from photogenic.config import Config, ConfigError, to_dict
-from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge, parse_caption
+from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge
 from photogenic.manifest import Manifest, ObjectRef, manifest_file, read_manifest, stage_output
 from photogenic.panel import explain_all, panel_votes
+from photogenic.prompts import SPLITS, Prompt, Split, benchmark_prompts, load_prompts, sampling_seeds
+from photogenic.report import report_html, side_by_side
 from photogenic.storage import join_uri
-from photogenic.world import BACKGROUNDS, COLORS, SHAPES, caption_for
+from photogenic.world import BACKGROUNDS, COLORS, SHAPES
 
 __all__ = [
     "Judged",
@@ -46,8 +45,6 @@ __all__ = [
     "benchmark_prompts",
     "compare",
     "evaluate",
-    "export_pairs",
-    "import_votes",
     "judge_pairs",
     "outcome_table",
 ]
@@ -55,142 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _EVAL_VERSION = 3  # 2: wins-minus-losses intervals (the gate reads them); 3: the panel rates world models
-_PARAPHRASES = (  # wordings that no training caption uses
-    "{ac} {s} shown in front of {ab} background",
-    "picture of {ac} {s}, {b} all around it",
-)
-
-
-Split = Literal["dev", "test"]
-SPLITS: tuple[str, ...] = ("dev", "test")
-_SPLIT_SEEDS = {"test": 31_337, "dev": 4_242}  # the prompts' draws
-# Sampling seeds: the test split has its own, never used for early stopping or recipe choice (dev's).
-_SAMPLING_SEEDS = {"dev": 0, "test": 1_000_000}
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One benchmark prompt and the concepts it asks for (None: the prompt does not name one)."""
-
-    text: str
-    shape: str | None
-    color: str | None
-    background: str | None
-    paraphrase: bool
-    held_out: bool
-    category: str = ""
-
-
-def benchmark_prompts(config: Config, split: Split = "test") -> list[Prompt]:
-    """The benchmark, kept apart from training: every (shape, colour) pair once in the clean wording, with
-    a background drawn by the split's own seed, plus as many again in paraphrases. The dev split (early
-    stopping, recipe choice) never repeats a test prompt. Prompts that name a concept held out of the QT
-    set are flagged."""
-    if split not in _SPLIT_SEEDS:
-        raise ConfigError(f"unknown benchmark split {split!r}; splits: {', '.join(SPLITS)}")
-    rng = np.random.default_rng([config.world.seed, _SPLIT_SEEDS[split]])
-    taken = {p.text for p in benchmark_prompts(config, "test")} if split == "dev" else set()
-    held = set(config.curate.holdout_concepts)
-    backgrounds = list(BACKGROUNDS)
-
-    def draw(text_of: Any) -> tuple[str, str]:
-        free = [b for b in backgrounds if text_of(b) not in taken]
-        background = str(rng.choice(free))
-        return text_of(background), background
-
-    prompts = []
-    for shape in SHAPES:
-        for color in COLORS:
-            text, background = draw(lambda b, s=shape, c=color: caption_for(s, c, b))
-            prompts.append(Prompt(text, shape, color, background, False, bool({shape, color} & held), "clean"))
-    for shape in SHAPES:
-        for color in COLORS:
-            template = _PARAPHRASES[int(rng.integers(len(_PARAPHRASES)))]
-            text, background = draw(lambda b, s=shape, c=color, t=template: _paraphrase(t, s, c, b))
-            prompts.append(Prompt(text, shape, color, background, True, bool({shape, color} & held), "paraphrase"))
-    return prompts
-
-
-def _paraphrase(template: str, shape: str, color: str, background: str) -> str:
-    a = caption_for(shape, color, background).split(" on ")  # "a red circle", "a sky background"
-    return template.format(ac=a[0].rsplit(" ", 1)[0], s=shape, ab=a[1].rsplit(" ", 1)[0], b=background)
-
-
-def sampling_seeds(config: Config, split: str) -> list[int]:
-    """The sampling seeds of a split: `evaluate.seeds_per_prompt` of them, the test split's its own."""
-    base = _SAMPLING_SEEDS.get(split, _SAMPLING_SEEDS["test"])
-    return list(range(base, base + config.evaluate.seeds_per_prompt))
-
-
-_PROMPT_COLUMNS = ("prompt", "text", "caption")
-_MAX_PROMPTS = 100_000
-
-
-def load_prompts(path: str | Path, config: Config) -> list[Prompt]:
-    """A user's prompt set: one prompt a line (`.txt`), JSON lines with `prompt` (or `text`) and an optional
-    `category` (`.jsonl`), or a table with a `Prompt` column and an optional `Category` (`.csv`, or `.tsv`
-    as PartiPrompts ships). The world concepts each prompt names are read from its words.
-
-    Raises:
-        ConfigError: the file is missing, empty, or has a line or row without a prompt (named by line).
-    """
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--prompts {path}: no such file")
-    suffix = path.suffix.lower()
-    rows: list[tuple[int, str, str]] = []  # (line, prompt, category)
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        if suffix in (".csv", ".tsv"):
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            fields = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
-            column = next((fields[c] for c in _PROMPT_COLUMNS if c in fields), None)
-            if column is None:
-                raise ConfigError(
-                    f"--prompts {path}: no prompt column; columns are {sorted(fields)}, expected one of "
-                    f"{', '.join(_PROMPT_COLUMNS)} (any case)"
-                )
-            category = fields.get("category")
-            for row in reader:
-                rows.append((reader.line_num, row.get(column) or "", (row.get(category) or "") if category else ""))
-        elif suffix == ".jsonl":
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ConfigError(f"--prompts {path}, line {number}: not JSON ({exc.msg})") from None
-                if not isinstance(record, dict):
-                    raise ConfigError(f"--prompts {path}, line {number}: not a JSON object")
-                text = record.get("prompt", record.get("text", ""))
-                rows.append((number, text if isinstance(text, str) else "", str(record.get("category") or "")))
-        else:
-            rows = [(n, line.rstrip("\r\n"), "") for n, line in enumerate(f, 1) if line.strip()]
-        if len(rows) > _MAX_PROMPTS:
-            raise ConfigError(f"--prompts {path}: more than {_MAX_PROMPTS} prompts")
-    if not rows:
-        raise ConfigError(f"--prompts {path}: no prompts in the file")
-    held = set(config.curate.holdout_concepts)
-    prompts = []
-    for number, text, category in rows:
-        text = text.strip()
-        if not text:
-            raise ConfigError(f"--prompts {path}, line {number}: the prompt is empty")
-        named = parse_caption(text)
-        prompts.append(
-            Prompt(
-                text,
-                named.get("shape"),
-                named.get("color"),
-                named.get("background"),
-                False,
-                bool(set(named.values()) & held),
-                category.strip(),
-            )
-        )
-    return prompts
 
 
 def generate(pipe: Any, prompts: list[Prompt], seeds: list[int], config: Config) -> list[Any]:
@@ -664,137 +525,6 @@ def _funnel_of(model_uri: str, config: Config) -> list[tuple[str, int]]:
         return []
 
 
-def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[int], rows: int = 12) -> Any:
-    """A grid of `rows` prompts spread over the benchmark (first seed): A on the left, B on the right."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    size, scale, label = a[0].width, 4, 190
-    cell = size * scale
-    sheet = Image.new("RGB", (label + 2 * cell + 12, 16 + rows * (cell + 4)), (250, 250, 250))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default(size=11)
-    draw.text((label, 2), "A (candidate)", fill=(0, 0, 0), font=font)
-    draw.text((label + cell + 8, 2), "B (reference)", fill=(0, 0, 0), font=font)
-    for r in range(rows):
-        i = (r * 13) % len(prompts)  # a stride coprime to the colour and shape counts: varied rows
-        j = i * len(seeds)
-        y = 16 + r * (cell + 4)
-        sheet.paste(a[j].resize((cell, cell), Image.NEAREST), (label, y))
-        sheet.paste(b[j].resize((cell, cell), Image.NEAREST), (label + cell + 8, y))
-        draw.text((4, y + cell // 2 - 6), prompts[i].text[:34], fill=(20, 20, 20), font=font)
-    return sheet
-
-
-def _png_tag(image: Any) -> str:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _table_html(tables: dict[str, dict[str, float]], names: list[str]) -> str:
-    head = "<tr><th>comparison</th><th>n</th><th>win</th><th>tie</th><th>loss</th><th>win - loss</th></tr>"
-    body = []
-    for name in names:
-        t = tables.get(name)
-        if not t or "win" not in t:
-            continue
-        keys = ("win", "tie", "loss", "net") if "net" in t else ("win", "tie", "loss")
-        cells = "".join(f"<td>{t[k]:.1%} [{t[k + '_lo']:.1%}, {t[k + '_hi']:.1%}]</td>" for k in keys)
-        body.append(f"<tr><td>{html.escape(name)}</td><td>{int(t['n'])}</td>{cells}</tr>")
-    return f"<table>{head}{''.join(body)}</table>"
-
-
-def report_html(
-    a: str,
-    b: str,
-    record: Judged,
-    judged: Judged | None,
-    validity: dict[str, float],
-    agreements: dict[str, dict[str, float]],
-    metrics: dict[str, float],
-    config: Config,
-    grid: Any,
-    funnel: list[tuple[str, int]],
-    split: str,
-) -> str:
-    """The evaluation report: the rater of record's tables (the ground-truth panel for world models, the
-    imported judges for real ones), the learned judges beside them with their agreement, the funnel and the
-    side-by-side grid."""
-    css = (
-        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}"
-    )
-    main = ["appeal", "faithfulness", "appeal/seen", "faithfulness/seen", "appeal/held_out", "faithfulness/held_out"]
-    main += sorted(k for k in record.tables if k.split("/")[1:2] == ["category"])
-    per = sorted(k for k in record.tables if k.count("/") == 2 and "/category/" not in k)
-    if judged is not None:  # a world model: the panel rates, the judges are proxies
-        p = config.panel
-        rater = (
-            f"<p>Rater of record: the ground-truth panel. Each image is explained as a scene of the world "
-            f"(median fit error A {metrics['panel_fit_error_a']:.3f}, B {metrics['panel_fit_error_b']:.3f}; "
-            f"explained A {metrics['panel_explained_a']:.0%}, B {metrics['panel_explained_b']:.0%}, bar "
-            f"{p.max_fit_error}), scored by the oracle, and voted on by {p.appeal_raters} raters for appeal and "
-            f"{p.faithfulness_raters} for faithfulness (majority; a split panel is a tie).</p>"
-        )
-        if not record.trustworthy:
-            rater += (
-                f"<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the panel explains fewer than "
-                f"{p.min_explained:.0%} of one model's images.</p>"
-            )
-        bar = config.evaluate.min_panel_agreement
-        agree_rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td>{v['appeal']:.3f}</td><td>{v['faithfulness']:.3f}</td></tr>"
-            for name, v in agreements.items()
-        )
-        if "curation_vs_evaluation_judges_appeal_agreement" in metrics:
-            agree_rows += (
-                "<tr><td>curation judges vs evaluation judges</td>"
-                f"<td>{metrics['curation_vs_evaluation_judges_appeal_agreement']:.3f}</td>"
-                f"<td>{metrics['curation_vs_evaluation_judges_faithfulness_agreement']:.3f}</td></tr>"
-            )
-        proxies = (
-            f"<h2>Learned judges (a proxy) on the same pairs</h2><p>Agreement with the panel on these pairs "
-            f"(appeal: pairs the panel decides; faithfulness: per image). Valid proxies need {bar} on both: "
-            f"<b>{'valid' if metrics.get('judges_valid') else 'NOT valid'}</b> here.</p>"
-            f"<table><tr><th>judges</th><th>appeal</th><th>faithfulness</th></tr>{agree_rows}</table>"
-            f"{_table_html(judged.tables, main[:6])}"
-        )
-    else:
-        bar = config.evaluate.min_judge_agreement
-        if not validity:
-            rater = (
-                "<p style='color:#b00'><b>NOT VALIDATED:</b> imported real-image judges have no oracle to agree "
-                "with; export the pairs for human raters (`export_pairs`) and compare their votes.</p>"
-            )
-        elif record.trustworthy:
-            rater = f"<p style='color:#070'>Judges agree with the oracle on held-out renders (bar {bar}).</p>"
-        else:
-            rater = (
-                "<p style='color:#b00'><b>NOT TRUSTWORTHY:</b> the judges agree with the oracle less than "
-                f"{bar} on held-out renders.</p>"
-            )
-        proxies = ""
-    judge_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in sorted(validity.items()))
-    funnel_html = (
-        "<h2>Curation funnel</h2><table>"
-        + "".join(f"<tr><td>{html.escape(n)}</td><td>{k}</td></tr>" for n, k in funnel)
-        + "</table>"
-        if funnel
-        else ""
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Photogenic evaluation</title>"
-        f"<style>{css}</style></head><body><h1>A vs B ({html.escape(split)} split)</h1>"
-        f"<p>A (candidate): <code>{html.escape(a)}</code><br>B (reference): <code>{html.escape(b)}</code></p>"
-        f"<p>Same prompt and seed for both; appeal judged without the prompt; faithfulness against the prompt, "
-        f"both right or both wrong is a tie. Intervals: bootstrap 95% over prompts.</p>"
-        f"{rater}<h2>Results (A's wins)</h2>{_table_html(record.tables, main)}{proxies}"
-        f"<h2>Side by side</h2>{_png_tag(grid)}"
-        f"<h2>Judge validity (held-out renders)</h2><table>{judge_rows}</table>{funnel_html}"
-        f"<h2>Per concept</h2>{_table_html(record.tables, per)}</body></html>"
-    )
-
-
 def _log(run: Any, result: EvaluateResult, store: Any) -> None:
     if run is None:
         return
@@ -805,78 +535,3 @@ def _log(run: Any, result: EvaluateResult, store: Any) -> None:
             for name in ("report.html", "side_by_side.png", "results.json"):
                 store.get_file(name, Path(tmp, name))
                 run.log_artifact(Path(tmp, name), "evaluation")
-
-
-def export_pairs(evaluation_uri: str, out_dir: str | Path, config: Config, seed: int = 0) -> Path:
-    """For human raters: `pairs.json` (each pair's prompt and two images, left and right in random order)
-    and `rate.html` to look at them. The key to the sides stays in `pairs.json` under `_sides`, which a
-    rater's form never shows. Returns the folder."""
-    manifest = read_manifest(manifest_file(evaluation_uri), config.storage)
-    store = manifest.store(config.storage)
-    doc = json.loads(store.get_bytes("results.json", sha256=manifest.ref("results.json").sha256))
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    pairs, sides, cells = [], {}, []
-    for i, row in enumerate(doc["pairs"]):
-        flip = bool(rng.integers(2))
-        names = ("b", "a") if flip else ("a", "b")
-        files = []
-        for side, name in zip(("left", "right"), names, strict=True):
-            file = f"images/{i:05d}-{side}.png"
-            store.get_file(
-                f"images/{name}-{i:05d}.png", out / file, sha256=manifest.ref(f"images/{name}-{i:05d}.png").sha256
-            )
-            files.append(file)
-        pairs.append({"pair": i, "prompt": row["prompt"], "left": files[0], "right": files[1]})
-        sides[str(i)] = {"left": names[0], "right": names[1]}
-        cells.append(
-            f"<tr><td>{i}</td><td>{html.escape(row['prompt'])}</td><td><img src='{files[0]}' width=96></td>"
-            f"<td><img src='{files[1]}' width=96></td></tr>"
-        )
-    (out / "pairs.json").write_text(
-        json.dumps({"pairs": pairs, "_sides": sides, "evaluation": evaluation_uri}, indent=1)
-    )
-    instructions = (
-        "For each pair give two votes: appeal (which image is more beautiful, ignoring the prompt: left, right "
-        "or tie) and faithfulness (which image shows the prompt: left, right, both or neither). Save them as "
-        'a JSON list of {"pair": N, "appeal": "left|right|tie", "faithfulness": "left|right|both|neither"}.'
-    )
-    (out / "rate.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>Rate pairs</title></head><body>"
-        f"<p>{html.escape(instructions)}</p><table><tr><th>pair</th><th>prompt</th><th>left</th><th>right</th></tr>"
-        f"{''.join(cells)}</table></body></html>"
-    )
-    return out
-
-
-def import_votes(pairs_json: str | Path, votes: list[dict[str, Any]], config: Config) -> dict[str, dict[str, float]]:
-    """Human votes into the same win/tie/loss tables as the judges' (A's wins, intervals over prompts).
-
-    Raises:
-        ConfigError: a vote names an unknown pair or an unknown choice.
-    """
-    doc = json.loads(Path(pairs_json).read_text())
-    sides, prompts = doc["_sides"], {p["pair"]: p["prompt"] for p in doc["pairs"]}
-    appeal, faith, groups = [], [], []
-    for v in votes:
-        pair = v.get("pair")
-        if str(pair) not in sides:
-            raise ConfigError(f"vote for unknown pair {pair!r} (pairs 0..{len(sides) - 1})")
-        side = sides[str(pair)]
-        a_is = "left" if side["left"] == "a" else "right"
-        choice = v.get("appeal")
-        if choice not in ("left", "right", "tie"):
-            raise ConfigError(f"pair {pair}: appeal vote {choice!r} is not left, right or tie")
-        appeal.append(0 if choice == "tie" else (1 if choice == a_is else -1))
-        choice = v.get("faithfulness")
-        if choice not in ("left", "right", "both", "neither"):
-            raise ConfigError(f"pair {pair}: faithfulness vote {choice!r} is not left, right, both or neither")
-        faith.append(0 if choice in ("both", "neither") else (1 if choice == a_is else -1))
-        groups.append(prompts[pair])
-    g = np.unique(np.array(groups), return_inverse=True)[1]
-    samples = config.evaluate.bootstrap_samples
-    return {
-        "appeal": outcome_table(np.array(appeal), g, samples),
-        "faithfulness": outcome_table(np.array(faith), g, samples),
-    }
