@@ -60,8 +60,7 @@ class WorldConfig:
     num_samples: int = doc("Number of image-caption pairs in the haystack.", 20_000, ge=1)
     image_size: int = doc("Side of the square images in pixels.", 32, ge=16, le=1024)
     photogenic_rate: float = doc(
-        "Fraction of the haystack rendered to be photogenic (paper: needles are rare; 2% of 20,000 leaves a "
-        "QT set of a few hundred, the demo's scale of the paper's 2,000).",
+        "Fraction of the haystack rendered photogenic (paper: needles are rare).",
         0.02,
         ge=0,
         le=1,
@@ -85,8 +84,7 @@ class DataConfig:
     shard_max_bytes: int = doc("Most bytes in one tar shard before a new one starts.", 256 * 2**20, ge=1024)
     workers: int = doc("Parallel workers that decode and hash images during ingestion.", 2, ge=1, le=256)
     near_duplicate_distance: int = doc(
-        "Images whose 192-bit per-channel perceptual hashes differ in at most this many bits are "
-        "near-duplicates (-1 turns near-duplicate removal off; exact duplicates are always removed).",
+        "Most bits two 192-bit perceptual hashes may differ by for near-duplicates (-1: off; exact always).",
         5,
         ge=-1,
         le=11,
@@ -132,9 +130,7 @@ class ModelConfig:
         "U-Net levels, counted from the lowest resolution, with self- and cross-attention.", 2, ge=1, le=8
     )
     pooled_text: bool = doc(
-        "Also feed an attention-pooled caption embedding into the timestep embedding (diffusers' "
-        "addition_embed_type='text'), with scale-shift conditioning in every residual block: the caption "
-        "then reaches all resolutions, not just the attention levels.",
+        "Feed a pooled caption embedding into every residual block (diffusers' addition_embed_type='text').",
         True,
     )
     layers_per_block: int = doc("Residual layers per U-Net block.", 1, ge=1, le=8)
@@ -163,8 +159,7 @@ class RecipeConfig:
     noise_offset: float = doc("Noise offset of the diffusion loss (paper: 0.02 pretraining, 0.1 QT).", 0.0, ge=0)
     caption_dropout: float = doc("Probability of an empty caption, for classifier-free guidance.", 0.1, ge=0, le=1)
     snr_gamma: float = doc(
-        "Min-SNR loss weighting (Hang et al. 2023): cap each timestep's weight at this signal-to-noise ratio, "
-        "so the nearly clean steps stop dominating and training converges faster (0: plain MSE).",
+        "Min-SNR loss weighting (Hang et al. 2023): cap each timestep's weight at this SNR (0: plain MSE).",
         0.0,
         ge=0,
     )
@@ -172,35 +167,24 @@ class RecipeConfig:
     keep_checkpoints: int = doc("Most checkpoints kept; older ones are deleted.", 2, ge=1)
     sample_every: int = doc("Steps between logged sample grids (0: only at the end).", 500, ge=0)
     validate_every: int = doc(
-        "Steps between validations for early stopping (0: off). Quality-tuning scores images of held-out "
-        "prompts with the curation judges' appeal and keeps the best checkpoint (paper, 3.4: stop early).",
+        "Steps between early-stopping validations on judged appeal of dev prompts (0: off; paper, 3.4).",
         0,
         ge=0,
     )
     patience: int = doc("Validations without improvement before training stops early.", 3, ge=1)
     rehearsal_fraction: float = doc(
-        "Share of each batch drawn from a rehearsal dataset instead of the training set: rehearsal, so that "
-        "quality-tuning keeps concepts its few needles lack. By default it rehearses the rehearsal set curated "
-        "beside the training set (what the automatic filters kept); `--rehearsal-data` names another. Not in the "
-        "paper; 0 (off) is the paper's recipe.",
+        "Share of each batch from the rehearsal set (default: curated beside the data), to keep concepts; 0: off.",
         0.0,
         ge=0,
         lt=1,
     )
     guidance_preservation: float = doc(
-        "Weight of a loss that keeps the base model's guidance direction (its conditional minus its "
-        "unconditional prediction) for captions of the rehearsal set (`--rehearsal-data`; captions only, no "
-        "pixels), on the training set's noisy latents: what a caption asks for stays what the base model "
-        "learned, while the look changes. Costs about a third more time per step. Not in the paper; 0 (off).",
+        "Weight of a loss keeping the base model's guidance direction on rehearsal captions (0: off; ~1.3x time).",
         0.0,
         ge=0,
     )
     frozen_params: str = doc(
-        "A regular expression: the model's parameters whose names it matches (re.search) stay frozen; empty: "
-        "all train. Quality-tuning's default (`DECODER_SIDE`) freezes the denoiser's encoder half, middle "
-        "block and the caption's ways in (cross-attention keys and values, the pooled-caption embedding): the "
-        "look changes, what a caption asks for stays closer to the base model's, also for concepts the QT set "
-        "lacks. Not in the paper (which tunes the whole U-Net: set it empty).",
+        "Regex (re.search) of parameter names that stay frozen; empty: all train (see DECODER_SIDE).",
         "",
     )
 
@@ -214,18 +198,9 @@ DECODER_SIDE = (
 
 
 def _qt_recipe() -> RecipeConfig:
-    # Paper, section 3.4: batch 64, noise offset 0.1, at most 15K iterations, stopped early. The learning
-    # rate is small next to pretraining's 1e-3, but not tiny: on the demo model 5e-5 had changed almost
-    # nothing when validation stopped it (appeal win rate 51%), 6e-4 won 84-85%; a cap of 800 steps cut
-    # validation off while it still rose, with 1,200 it levels off by 900 (bench/results/quality_tune.md).
-    # 3e-4 was chosen on the dev split, by the ground-truth panel, among 5 variants (whole U-Net or decoder
-    # side, rehearsal 0 / 0.05 / 0.1, learning rate 3e-4 / 6e-4): the only one that met every target there,
-    # held-out faithfulness included, at an appeal within a point of the others (bench/results/recipe_dev.md).
-    # Not the paper's: only the decoder side of the denoiser trains (`DECODER_SIDE`), and a share of every
-    # batch rehearses what the automatic filters kept. Tuning the whole U-Net on the QT set's five shapes
-    # overwrote the held-out sixth (held-out faithfulness 4% wins, 43% losses on 8 seeds per prompt);
-    # the decoder side alone kept more of it (19% / 26%); with rehearsal it keeps it (24% / 18%), with one
-    # training seed of two (bench/results/quality_tune.md, "Rehearsing what the automatic filters kept").
+    # Paper, 3.4: batch 64, noise offset 0.1, at most 15K iterations, stopped early. The learning rate, the
+    # frozen encoder side and the rehearsal share were chosen on the dev split (bench/results/recipe_dev.md,
+    # bench/results/quality_tune.md hold the experiments).
     return RecipeConfig(
         steps=1_200,
         global_batch_size=64,
@@ -249,31 +224,25 @@ class TrainConfig:
     seed: int = doc("Seed for initialisation, noise and data order.", 0, ge=0)
     zero_stage: Literal[0, 1, 2, 3] = doc("DeepSpeed ZeRO stage (0: plain data parallel).", 2)
     zero_on_one_rank: bool = doc(
-        "Keep ZeRO on when the job has one rank. Off: one rank has nothing to partition, and ZeRO's "
-        "bookkeeping costs about 15% of a CPU step (bench/results/train_step.md).",
+        "Keep ZeRO on with one rank (off: nothing to partition, ~15% of a CPU step saved).",
         False,
     )
     precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
     collective_timeout_s: float = doc(
-        "Seconds a rank waits in a collective (all-reduce, barrier) for the others before its process group "
-        "fails: the bound on a hang when another rank dies or stalls (torchrun's agent usually stops the job "
-        "sooner). Does not change results, so not part of a run's identity.",
+        "Seconds a rank waits in a collective before its process group fails (not part of a run's identity).",
         600.0,
         gt=0,
     )
     autoencoder: RecipeConfig = doc(
         "Autoencoder training.",
-        # 500 steps at 1e-3 left reconstructions blurred and hues shifted (MSE 0.071 on held-out images);
-        # 1,000 at 2e-3 gave 0.019, and the denoiser on top then rendered the prompted colours.
+        # bench/results/concept_accuracy.md: why 1,000 steps at 2e-3
         lambda: RecipeConfig(
             steps=1_000, learning_rate=2e-3, warmup_steps=20, caption_dropout=0.0, ema_decay=0.0, checkpoint_every=250
         ),
     )
     pretrain: RecipeConfig = doc(
         "Latent diffusion pretraining on the haystack (paper, 3.1: noise offset 0.02 in the last stage).",
-        # With the default 8x8x16 latent at 32 px, 1,500 steps rendered the prompted colour but rarely the
-        # shape (0.22 by the judges, chance 0.17); 6,000 reached 0.30-0.37. The demo preset's 16x16x4
-        # latent reaches 0.75 in 4,000 (bench/results/concept_accuracy.md).
+        # bench/results/concept_accuracy.md: why 6,000 steps (the demo's latent needs 4,000)
         lambda: RecipeConfig(steps=6_000, noise_offset=0.02, snr_gamma=5.0, checkpoint_every=1_000, sample_every=1_500),
     )
     quality_tune: RecipeConfig = doc("Quality-tuning on the curated needles.", _qt_recipe)
@@ -323,16 +292,14 @@ class CurateConfig:
         "Aesthetic filter: least score of the predictor trained on the rating set.", 0.75, ge=0, le=1
     )
     min_caption_agreement: float = doc(
-        "Caption-image agreement filter (the CLIP-score filter): least mean probability, under the rating-set "
-        "concept classifier, of the concepts the caption names; a caption naming none fails.",
+        "Caption-image agreement (the CLIP-score filter): least mean concept probability of the caption's concepts.",
         0.5,
         ge=0,
         le=1,
     )
     max_per_concept: int = doc("Concept balancing: most images kept per (shape, colour) pair, best first.", 40, ge=1)
     review: Literal["simulated", "export", "import"] = doc(
-        "Review rounds: 'simulated' (the oracle with noise plays the reviewers; toy world only), 'export' "
-        "(write a contact sheet and candidates JSON for people, then stop), 'import' (read approved keys).",
+        "Review rounds: 'simulated' (noisy oracle; world only), 'export' (sheet for people, stop), 'import'.",
         "simulated",
     )
     generalist_min_rating: float = doc("Generalist round (recall): least rating a candidate needs.", 0.8, ge=0, le=1)
@@ -389,8 +356,7 @@ class PanelConfig:
         "Probability that a rater misjudges whether one image shows its prompt.", 0.05, ge=0, le=0.5
     )
     max_fit_error: float = doc(
-        "Above this fit error (RMS, 0-1 units) an image is not a clean render of any scene: a defect. 0.3 is "
-        "about the 98th percentile over held-out world renders (bench/results/panel_validity.md).",
+        "Fit error (RMS) above which an image is a defect (~p98 of renders; bench/results/panel_validity.md).",
         0.3,
         gt=0,
     )
