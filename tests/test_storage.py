@@ -12,13 +12,13 @@ import pytest
 
 from photogenic.config import StorageConfig
 from photogenic.manifest import Manifest, ManifestError, ObjectRef, publish, read_manifest
+from photogenic.s3store import S3Store
 from photogenic.storage import (
     AccessDeniedError,
     BucketNotFoundError,
     ChecksumMismatchError,
     LocalStore,
     ObjectNotFoundError,
-    S3Store,
     StoreError,
     StoreUnreachableError,
     open_store,

@@ -110,7 +110,7 @@ def store_put(src: str, uri: str) -> None:
 @friendly_errors
 def store_mb(uri: str) -> None:
     """Create the bucket of an s3:// URI if it does not exist (safe to repeat)."""
-    from photogenic.storage import S3Store
+    from photogenic.s3store import S3Store
 
     store = open_store(uri)
     if not isinstance(store, S3Store):
