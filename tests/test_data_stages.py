@@ -331,7 +331,7 @@ def test_bad_source_and_manifest_are_clear_errors(tmp_path: Path) -> None:
 def test_perceptual_hash_is_imagehash_phash_per_channel() -> None:
     import imagehash
 
-    from photogenic.data.ingest import _channel_phash
+    from photogenic.data.imaging import _channel_phash
 
     for size in (32, 64, 50):
         world = load_config("tiny", overrides=[f"world.image_size={max(size, 32)}"]).world
@@ -344,7 +344,8 @@ def test_perceptual_hash_is_imagehash_phash_per_channel() -> None:
 
 
 def test_partitioned_ingest_merges_into_the_same_samples_as_one_ingest(tmp_path: Path) -> None:
-    from photogenic.data.ingest import merge_partitions, partition_plan
+    from photogenic.data.ingest import partition_plan
+    from photogenic.data.merge import merge_partitions
     from photogenic.data.shards import iter_dataset
 
     config = _config(tmp_path, "world.num_samples=1100", "world.duplicate_rate=0.04")
@@ -368,7 +369,7 @@ def test_partitioned_ingest_merges_into_the_same_samples_as_one_ingest(tmp_path:
 
 
 def test_a_key_reused_across_partitions_is_quarantined_with_its_reason(tmp_path: Path) -> None:
-    from photogenic.data.ingest import merge_partitions
+    from photogenic.data.merge import merge_partitions
 
     folder = tmp_path / "raw"
     (folder / "img").mkdir(parents=True)

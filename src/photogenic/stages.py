@@ -36,7 +36,7 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "ingest": Stage("photogenic.data.ingest:ingest", "ingest"),
     "ingest-partition": Stage("photogenic.data.ingest:ingest", "ingest-{index}-of-{count}"),
-    "ingest-merge": Stage("photogenic.data.ingest:merge_partitions", "ingest"),
+    "ingest-merge": Stage("photogenic.data.merge:merge_partitions", "ingest"),
     "validate": Stage("photogenic.data.validate:validate", "validate"),
     "train": Stage("photogenic.train.run:train", "train-{recipe}"),
     "judges": Stage("photogenic.judges:train_judges", "judges-{purpose}"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import io
 import json
 import logging
 import os
@@ -16,12 +14,12 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from dataclasses import replace as dataclasses_replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, TypeVar
 
 from photogenic.config import Config, fingerprint, to_dict
+from photogenic.data.imaging import NearDuplicateIndex, inspect_image
 from photogenic.data.shards import ShardSink, scratch_dir
 from photogenic.data.sources import Chunk, RawRecord, Source, SourceError, load_chunk, make_source
 from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, stage_output
@@ -29,14 +27,10 @@ from photogenic.storage import Store, join_uri, open_store
 
 __all__ = [
     "ingest",
-    "merge_partitions",
     "partition_plan",
     "IngestResult",
-    "inspect_image",
-    "NearDuplicateIndex",
     "tar_key",
     "EmptyDatasetError",
-    "decoder_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,71 +67,6 @@ class Prepared:
     oracle_json: str | None = None
 
 
-def inspect_image(data: bytes | None) -> tuple[dict[str, Any], int | None]:
-    """Decode an image fully and describe it; a per-channel perceptual hash (3 x 64 bits) for near-duplicates.
-
-    Returns:
-        (info, phash): info has sha256, size, decodable, format, width, height or decode_error;
-        phash is None when the image cannot be decoded.
-    """
-    import hashlib
-
-    from PIL import Image
-
-    if data is None:
-        return {"decodable": False, "decode_error": "no image bytes"}, None
-    info: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-    if not data:
-        return {**info, "decodable": False, "decode_error": "zero-byte image"}, None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # a full decode: truncated files fail here, not later in training
-            info.update(decodable=True, format=im.format or "", width=im.width, height=im.height)
-            rgb = im.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the input
-        return {**info, "decodable": False, "decode_error": decoder_message(exc)}, None
-    return info, _channel_phash(rgb)
-
-
-_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
-
-
-def decoder_message(exc: BaseException) -> str:
-    """A decoder's error as deterministic text: `repr`s of objects lose their memory address, so the
-    same bad input gives the same reason, the same dataset version and the same report on every run."""
-    return _ADDRESS.sub(r"<\1>", f"{type(exc).__name__}: {exc}")
-
-
-@functools.lru_cache(maxsize=1)
-def _dct_rows() -> Any:
-    """The first 8 rows of the (unnormalised, type-II) 32-point DCT matrix, as scipy's `dct` uses."""
-    import numpy as np
-
-    n = np.arange(32)
-    k = np.arange(8)[:, None]
-    return (2 * np.cos(np.pi * k * (2 * n + 1) / 64)).astype(np.float32)
-
-
-def _channel_phash(rgb: Any) -> int:
-    """imagehash's pHash (32x32 DCT, low 8x8 block against its median) on R, G and B at once.
-
-    A grey hash would call a red and a blue circle at the same spot duplicates, so each channel is
-    hashed. Only the 8x8 low-frequency block is needed, so it is two small matrix products with the
-    DCT's first rows: bit-identical to `imagehash.phash` per channel (a test checks), at a fraction of
-    the cost of three calls, which made ingestion miss its throughput target (bench/ingest.py).
-    """
-    import numpy as np
-    from PIL import Image
-
-    if rgb.size != (32, 32):
-        rgb = rgb.resize((32, 32), Image.LANCZOS)
-    small = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
-    d = _dct_rows()
-    low = d @ small @ d.T  # (3, 8, 8)
-    bits = low > np.median(low.reshape(3, -1), axis=1)[:, None, None]
-    return int.from_bytes(np.packbits(bits.reshape(-1)).tobytes(), "big")
-
-
 def _prepare_chunk(chunk: Chunk) -> list[Prepared]:
     out = []
     for record in load_chunk(chunk):
@@ -155,44 +84,6 @@ def _prepare_chunk(chunk: Chunk) -> list[Prepared]:
             record.oracle = None
         out.append(Prepared(record, info, phash, key, ext, meta, meta_json, oracle_json))
     return out
-
-
-class NearDuplicateIndex:
-    """Finds hashes within a Hamming distance, by multi-index hashing.
-
-    The 192-bit hash is cut into `max_distance + 1` bands; two hashes within `max_distance` bits
-    agree exactly on at least one band (pigeonhole), so only band matches need a full comparison.
-    """
-
-    BITS = 192
-
-    def __init__(self, max_distance: int) -> None:
-        self.max_distance = max_distance
-        self.n_bands = max_distance + 1
-        self.width = self.BITS // self.n_bands
-        self._bands: list[dict[int, list[int]]] = [{} for _ in range(self.n_bands)]
-        self._hashes: list[int] = []
-        self._keys: list[str] = []
-
-    def _band_values(self, h: int) -> list[int]:
-        mask = (1 << self.width) - 1
-        return [(h >> (i * self.width)) & mask for i in range(self.n_bands)]
-
-    def find(self, h: int) -> tuple[str, int] | None:
-        best: tuple[str, int] | None = None
-        for band, value in zip(self._bands, self._band_values(h), strict=True):
-            for idx in band.get(value, ()):
-                d = (self._hashes[idx] ^ h).bit_count()
-                if d <= self.max_distance and (best is None or d < best[1]):
-                    best = (self._keys[idx], d)
-        return best
-
-    def add(self, h: int, key: str) -> None:
-        idx = len(self._hashes)
-        self._hashes.append(h)
-        self._keys.append(key)
-        for band, value in zip(self._bands, self._band_values(h), strict=True):
-            band.setdefault(value, []).append(idx)
 
 
 _KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -592,213 +483,3 @@ def _log_result(run: Any, result: IngestResult) -> None:
         metrics["ingest.mb_per_s"] = result.bytes_in / 2**20 / result.seconds
     run.log_metrics(metrics)
     run.set_tags({"photogenic.dataset.raw": result.fingerprint, "photogenic.dataset.raw_uri": result.manifest_uri})
-
-
-def merge_partitions(
-    source: str | Source,
-    part_uris: Iterable[str],
-    config: Config,
-    out: str | None = None,
-    run: Any = None,
-) -> IngestResult:
-    """Join partition datasets (from `ingest(..., partition=...)`) into one dataset, as if ingested at once.
-
-    Partitions are taken in source order. A sample that duplicates (exactly or within
-    `data.near_duplicate_distance`) a sample of an earlier partition goes to the duplicates list; one
-    whose key an earlier partition already used is quarantined with the reason. Only the shards that
-    lose a sample are rewritten; the others are referenced where the partition wrote them.
-
-    Args:
-        source: the source the partitions were cut from (it identifies the dataset).
-        part_uris: the partitions' manifest URIs (or folders), any order.
-        config: the resolved config.
-        out: the dataset URI; default the one `partition_plan` chose for this source and count.
-        run: an optional tracking Run.
-
-    Returns:
-        As `ingest`: input = samples + duplicates + quarantined, over all partitions.
-    """
-    from photogenic.manifest import manifest_file, read_manifest
-
-    started = time.perf_counter()
-    src = source if isinstance(source, Source) else make_source(source, config)
-    parts = [read_manifest(manifest_file(u), config.storage) for u in part_uris]
-    if not parts:
-        raise ValueError("merge_partitions needs at least one partition")
-    ranks = [tuple(p.meta.get("source", {}).get("partition") or ()) for p in parts]
-    counts_of = {r[1] for r in ranks if len(r) == 2}
-    if (
-        any(len(r) != 2 for r in ranks)
-        or len(counts_of) != 1
-        or sorted(r[0] for r in ranks) != list(range(next(iter(counts_of))))
-    ):
-        raise ValueError(f"partitions {ranks} are not one complete set of partitions 0..n-1 of one source")
-    parts = [p for _, p in sorted(zip(ranks, parts, strict=True), key=lambda x: x[0][0])]
-    n = len(parts)
-    output = stage_output(
-        "merge",
-        {"merge": [p.fingerprint for p in parts], "of": request_fingerprint(src, config, n)},
-        config,
-        out or dataset_uri(src, config, n),
-        "",
-    )
-    store, request, manifest_uri, reused = output.store, output.request, output.manifest_uri, output.previous
-    out = store.root
-    if reused is not None:
-        result = IngestResult(manifest_uri, reused.fingerprint, dict(reused.counts), reused=True)
-        _log_result(run, result)
-        return result
-
-    data = config.data
-    exact: dict[str, str] = {}
-    near = NearDuplicateIndex(data.near_duplicate_distance) if data.near_duplicate_distance >= 0 else None
-    owners: dict[str, tuple[str, str]] = {}  # tar key -> (key, source ref) of its first owner
-    drops: list[dict[int, dict[str, dict[str, Any]]]] = []  # per part: shard number -> key -> verdict
-    for part in parts:
-        part_drops: dict[int, dict[str, dict[str, Any]]] = {}
-        for row in _read_jsonl(part, "index", config):
-            key, verdict = row["key"], None
-            if key in owners:
-                verdict = {"quarantine": _key_clash(row.get("source_key", key), key, *owners[key])}
-            elif row["sha256"] in exact:
-                verdict = {"kind": "exact", "duplicate_of": exact[row["sha256"]], "distance": 0}
-            elif near is not None and row["phash"] is not None and (hit := near.find(int(row["phash"], 16))):
-                verdict = {"kind": "near", "duplicate_of": hit[0], "distance": hit[1]}
-            if verdict is not None:
-                part_drops.setdefault(int(row["shard"]), {})[key] = {**verdict, "source_ref": row["ref"]}
-                continue
-            owners[key] = (row.get("source_key", key), row["ref"])
-            exact[row["sha256"]] = key
-            if near is not None and row["phash"] is not None:
-                near.add(int(row["phash"], 16), key)
-        drops.append(part_drops)
-
-    counts = dict.fromkeys(("input", "samples", "duplicates", "quarantined"), 0)
-    for part in parts:
-        for k in counts:
-            counts[k] += int(part.counts.get(k, 0))
-    refs: list[ObjectRef] = []
-    shards: list[dict[str, Any]] = []
-    quarantine_shards: list[dict[str, Any]] = []
-    dropped: set[str] = set()
-    with scratch_dir("merge") as tmp:
-        reasons = _JsonLines("quarantine.jsonl", Path(tmp) / "quarantine.jsonl")
-        duplicates = _JsonLines("duplicates.jsonl", Path(tmp) / "duplicates.jsonl")
-        oracle = _JsonLines("oracle.jsonl", Path(tmp) / "oracle.jsonl")
-        quarantine = ShardSink(store, "quarantine", data.shard_max_samples, data.shard_max_bytes, name="merge")
-        for i, (part, part_drops) in enumerate(zip(parts, drops, strict=True)):
-            prefix = _relative(part.root, out)
-            for s, entry in enumerate(part.meta.get("shards", [])):
-                ref = part.ref(entry["key"])
-                verdicts = part_drops.get(s)
-                if not verdicts:  # untouched: keep the partition's object
-                    refs.append(dataclasses_replace(ref, key=f"{prefix}/{ref.key}"))
-                    shards.append({"key": f"{prefix}/{ref.key}", "samples": entry["samples"]})
-                    continue
-                stem = Path(ref.key).stem
-                with ShardSink(store, f"merged/{i:04d}", data.shard_max_samples, 1 << 62, name=stem) as kept:
-                    _rewrite_shard(part, ref, verdicts, config, kept, quarantine, reasons, duplicates)
-                kept_count = sum(x.samples for x in kept.shards)
-                for info in kept.shards:
-                    refs.append(info.ref)
-                    shards.append({"key": info.ref.key, "samples": info.samples})
-                n_dropped = entry["samples"] - kept_count
-                dropped.update(verdicts)
-                n_quarantined = sum(1 for v in verdicts.values() if "quarantine" in v)
-                counts["samples"] -= n_dropped
-                counts["quarantined"] += n_quarantined
-                counts["duplicates"] += n_dropped - n_quarantined
-            for entry in part.meta.get("quarantine", []):
-                ref = part.ref(entry["key"])
-                refs.append(dataclasses_replace(ref, key=f"{prefix}/{ref.key}"))
-                quarantine_shards.append({"key": f"{prefix}/{ref.key}", "samples": entry["samples"]})
-            for row in _read_jsonl(part, "quarantine", config):
-                reasons.write(row)
-            for row in _read_jsonl(part, "duplicates", config):
-                duplicates.write(row)
-            for row in _read_jsonl(part, "oracle", config):
-                if row["key"] not in dropped:
-                    oracle.write(row)
-        quarantine.close()
-        for info in quarantine.shards:
-            refs.append(info.ref)
-            quarantine_shards.append({"key": info.ref.key, "samples": info.samples})
-        sidecars = {}
-        for sidecar in (reasons, duplicates, oracle):
-            ref = sidecar.upload(store)
-            if ref is not None:
-                refs.append(ref)
-                sidecars[sidecar.name.split(".")[0]] = ref.key
-    manifest = Manifest(
-        kind="dataset",
-        root=store.root,
-        objects=refs,
-        counts=counts,
-        config=to_dict(config),
-        meta={
-            "stage": "ingest",
-            "request": request,
-            "source": {**src.description(), "partitions": n},
-            "parts": [p.fingerprint for p in parts],
-            "shards": shards,
-            "quarantine": quarantine_shards,
-            "sidecars": sidecars,
-        },
-    )
-    _check_not_empty(manifest, src, store, [])
-    output.publish(manifest)
-    assert counts["input"] == counts["samples"] + counts["duplicates"] + counts["quarantined"], counts
-    result = IngestResult(manifest_uri, manifest.fingerprint, counts, seconds=time.perf_counter() - started)
-    log.info(
-        "ingest: merged %d partitions: %s; dataset %s at %s", n, _counts_line(counts), manifest.fingerprint[:12], out
-    )
-    _log_result(run, result)
-    return result
-
-
-def _rewrite_shard(
-    part: Manifest,
-    ref: ObjectRef,
-    verdicts: dict[str, dict[str, Any]],
-    config: Config,
-    kept: ShardSink,
-    quarantine: ShardSink,
-    reasons: _JsonLines,
-    duplicates: _JsonLines,
-) -> None:
-    """Copy one shard of a partition without the samples that `verdicts` drops (as duplicates or to quarantine)."""
-    from photogenic.data.shards import iter_shard
-
-    with part.open(ref, config.storage) as f:
-        for sample in iter_shard(f, part.uri(ref)):
-            verdict = verdicts.get(sample["__key__"])
-            sample = {k: v for k, v in sample.items() if k == "__key__" or not k.startswith("__")}
-            if verdict is None:
-                kept.write(sample)
-            elif "quarantine" in verdict:
-                quarantine.write({**sample, "json": _with_reason(sample, verdict["quarantine"])})
-                reason = {"reasons": [verdict["quarantine"]], "stage": "ingest"}
-                reasons.write({"key": sample["__key__"], "source_ref": verdict["source_ref"], **reason})
-            else:
-                duplicates.write({"key": sample["__key__"], **verdict})
-
-
-def _read_jsonl(manifest: Manifest, sidecar: str, config: Config) -> Iterator[dict[str, Any]]:
-    key = manifest.meta.get("sidecars", {}).get(sidecar)
-    if not key:
-        return
-    with manifest.open(key, config.storage) as f:
-        for line in io.TextIOWrapper(f, encoding="utf-8"):
-            if line.strip():
-                yield json.loads(line)
-
-
-def _relative(root: str, base: str) -> str:
-    if not root.startswith(base.rstrip("/") + "/"):
-        raise ValueError(f"partition {root} is not inside the dataset {base}")
-    return root[len(base.rstrip("/")) + 1 :].rstrip("/")
-
-
-def _with_reason(sample: dict[str, Any], reason: str) -> dict[str, Any]:
-    meta = json.loads(sample.get("json") or b"{}")
-    return {**meta, "reasons": [*meta.get("reasons", []), reason]}

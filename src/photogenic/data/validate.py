@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from photogenic.config import Config, DataConfig, to_dict
-from photogenic.data.ingest import decoder_message
+from photogenic.data.imaging import decoder_message
 from photogenic.data.shards import ShardSink, iter_dataset, scratch_dir
 from photogenic.manifest import (
     SCHEMA_VERSION,
