@@ -25,8 +25,9 @@ from photogenic.models import build_unet, latent_size
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
 from photogenic.train.diffusion import DiffusionTrainer
+from photogenic.train.rehearsal import rehearsal_counts
 from photogenic.train.run import run_uri, train
-from photogenic.train.trainer import freeze_matching, rehearsal_counts
+from photogenic.train.trainer import freeze_matching
 from tests.helpers import (
     assert_same_weights,
     child_env,
@@ -499,7 +500,7 @@ def test_rehearsal_errors_name_the_setting(tiny: dict[str, Any], tmp_path: Path)
         train(
             "pretrain", _config(tiny["ws"], on), tiny["data"], out=str(tmp_path / "a"), base=tiny["ae"], progress=False
         )
-    with pytest.raises(ConfigError, match="recipe autoencoder does not rehearsal data"):
+    with pytest.raises(ConfigError, match="recipe autoencoder does not rehearse data"):
         config = _config(tiny["ws"], "train.autoencoder.rehearsal_fraction=0.5")
         train("autoencoder", config, tiny["data"], out=str(tmp_path / "b"), rehearsal=tiny["data"], progress=False)
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from photogenic.config import ModelConfig
-from photogenic.train.trainer import Trainer, gathered_copy, seeded
+from photogenic.train.deepspeed_config import gathered_copy
+from photogenic.train.trainer import Trainer, seeded
 
 __all__ = ["AutoencoderTrainer"]
 

@@ -9,7 +9,7 @@ import torch
 
 from photogenic.config import ConfigError, RecipeConfig, TrainConfig
 
-__all__ = ["micro_batch_size", "zero_stage", "deepspeed_config", "use_bf16", "lr_lambda", "wrap"]
+__all__ = ["micro_batch_size", "zero_stage", "deepspeed_config", "use_bf16", "lr_lambda", "wrap", "gathered_copy"]
 
 
 def micro_batch_size(recipe: RecipeConfig, world_size: int, name: str) -> int:
@@ -98,3 +98,16 @@ def wrap(
         config=deepspeed_config(train, recipe, name, world_size),
     )
     return engine, optimizer, scheduler
+
+
+def gathered_copy(engine: Any) -> torch.nn.Module:
+    """A full, unpartitioned CPU copy of the engine's model (gathers ZeRO-3 shards)."""
+    import copy
+
+    import deepspeed
+
+    module = engine.module
+    params = list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
+        clone = copy.deepcopy(module).to("cpu").float()
+    return clone

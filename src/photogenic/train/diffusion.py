@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from photogenic.config import Config, ConfigError, ModelConfig
 from photogenic.models.io import load_model_dir
 from photogenic.train.data import RankData
-from photogenic.train.trainer import Trainer, gathered_copy, seeded
+from photogenic.train.deepspeed_config import gathered_copy
+from photogenic.train.trainer import Trainer, seeded
 
 __all__ = ["DiffusionTrainer", "validation_jobs", "SAMPLE_PROMPTS"]
 

@@ -12,7 +12,8 @@ from photogenic.storage import join_uri, open_store
 from photogenic.train.autoencoder import AutoencoderTrainer
 from photogenic.train.diffusion import DiffusionTrainer, validation_jobs
 from photogenic.train.distributed import rank_lost
-from photogenic.train.trainer import Trainer, TrainResult, rehearsal_uses
+from photogenic.train.rehearsal import rehearsal_uses
+from photogenic.train.trainer import Trainer, TrainResult
 
 __all__ = ["RECIPES", "train", "run_uri", "default_rehearsal"]
 

@@ -24,23 +24,18 @@ from photogenic.train.checkpoint import Checkpoints
 from photogenic.train.data import RankData, load_rank_data
 from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap, zero_stage
 from photogenic.train.distributed import Dist, setup_distributed
+from photogenic.train.early_stopping import EarlyStopping
+from photogenic.train.rehearsal import REHEARSAL_SEED, rehearsal_share
 
 __all__ = [
     "Trainer",
     "TrainResult",
     "finished_model",
     "freeze_matching",
-    "rehearsal_counts",
     "seeded",
-    "gathered_copy",
-    "REHEARSAL_SETTINGS",
-    "rehearsal_uses",
 ]
 
 log = logging.getLogger(__name__)
-
-REHEARSAL_SETTINGS = ("rehearsal_fraction", "guidance_preservation")  # the recipe settings that read --rehearsal-data
-REHEARSAL_SEED = 7_919  # offsets the rehearsal set's data-order seed from the training set's
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ class Trainer:
     def __post_init__(self) -> None:
         self.recipe = getattr(self.config.train, self.name)
         self.workdir = Path(self.config.workspace, "cache").resolve()
-        self.best: dict[str, Any] = {"score": None, "step": None, "bad": 0, "weights": None, "history": []}
+        self.early_stopping = EarlyStopping(self.recipe.patience)
 
     supports_rehearsal = False  # recipes whose batches may mix in a rehearsal dataset
 
@@ -179,43 +174,8 @@ class Trainer:
     def _load_rehearsal(self) -> tuple[RankData | None, int]:
         """This rank's share of the rehearsal dataset (when a setting uses it) and the samples each
         micro-batch takes from it."""
-        uses = rehearsal_uses(self.recipe)
-        if not uses:
-            if self.rehearsal:
-                log.info(
-                    "%s: rehearsal data %s not used (no train.%s.%s)",
-                    self.name,
-                    self.rehearsal,
-                    self.name,
-                    REHEARSAL_SETTINGS,
-                )
-            return None, 0
-        key, value = next(iter(uses.items()))
-        key = f"train.{self.name}.{key}"
-        if not self.supports_rehearsal:
-            raise ConfigError(f"config key {key!r} ({value}): recipe {self.name} does not rehearsal data; set it to 0")
-        if not self.rehearsal:
-            raise ConfigError(
-                f"config key {key!r} ({value}) needs --rehearsal-data, the dataset to rehearse: {self.data_uri} has no "
-                f"rehearsal set beside it (`photogenic curate` publishes one); or set it to 0"
-            )
-        from photogenic.manifest import read_manifest
-
-        size = read_manifest(self.rehearsal, self.config.storage).counts.get("samples")
-        if size == 0:
-            raise ConfigError(
-                f"config key {key!r} ({value}) rehearses {self.rehearsal}, which holds no sample (a rehearsal set "
-                "leaves out every sample showing a held-out concept); pass another --rehearsal-data or set it to 0"
-            )
-        fraction = self.recipe.rehearsal_fraction
-        counts = rehearsal_counts(self.micro, self.dist.world_size, fraction)
-        if fraction and not (sum(counts) > 0 and max(counts) < self.micro):
-            raise ConfigError(
-                f"config key 'train.{self.name}.rehearsal_fraction' ({fraction}) gives {sum(counts)} of the "
-                f"{self.micro * self.dist.world_size} samples of a step's micro-batches to rehearsal, at most "
-                f"{max(counts)} of a rank's {self.micro}; it must leave at least one sample to each side"
-            )
-        return self._rank_data(self.rehearsal), counts[self.dist.rank]
+        count = rehearsal_share(self, self.dist.rank, self.dist.world_size)
+        return (None, 0) if count is None else (self._rank_data(self.rehearsal or ""), count)
 
     def _rank_data(self, uri: str) -> RankData:
         """This rank's share of a dataset, at the model's image size, through the local shard cache."""
@@ -249,25 +209,19 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def _save(self, step: int) -> None:
-        self.checkpoints.save(self.engine, step, {"step": step, "best": self.best, **self.client_state()})
+        state = {"step": step, "best": self.early_stopping.state_dict(), **self.client_state()}
+        self.checkpoints.save(self.engine, step, state)
 
     def _validate(self, done: int) -> bool:
         """Score the model, keep its weights if best so far; True when patience has run out."""
-        score = self.validation_score(done)
-        best = self.best
-        best["history"].append((done, score))
-        if best["score"] is None or score > best["score"]:
-            best.update(score=score, step=done, bad=0, weights=self.best_weights())
-        else:
-            best["bad"] += 1
-        log.info(
-            "%s step %d: validation %.4f (best %.4f at step %d)", self.name, done, score, best["score"], best["step"]
-        )
+        score, best = self.validation_score(done), self.early_stopping
+        stop = best.update(done, score, self.best_weights)
+        log.info("%s step %d: validation %.4f (best %.4f at step %d)", self.name, done, score, best.score, best.step)
         if self.dist.is_main and self.run is not None:
             self.run.log_metrics(
-                {f"{self.name}.validation": score, f"{self.name}.best_validation": best["score"]}, step=done
+                {f"{self.name}.validation": score, f"{self.name}.best_validation": best.score}, step=done
             )
-        return best["bad"] >= self.recipe.patience
+        return stop
 
     def train(self) -> TrainResult:
         """Run (or resume) the recipe to `recipe.steps`, then export the model."""
@@ -281,7 +235,8 @@ class Trainer:
         start = 0
         if state is not None:
             start = int(state["step"])
-            self.best = state.get("best", self.best)
+            if "best" in state:
+                self.early_stopping.load_state_dict(state["best"])
             self.load_client_state(state)
         if self.dist.is_main and self.run is not None:
             ds = deepspeed_config(self.config.train, self.recipe, self.name, self.dist.world_size)
@@ -292,7 +247,7 @@ class Trainer:
         bar = _progress(self.recipe.steps, start, f"{self.name}", self.progress and self.dist.is_main)
         window_start, window_steps = time.perf_counter(), 0
         stop, stopped = self.recipe.steps, False
-        if self.recipe.validate_every and self.best["bad"] >= self.recipe.patience:
+        if self.recipe.validate_every and self.early_stopping.exhausted:
             stop, stopped = start, True  # resumed after an early stop
         for step in range(start, stop):
             loss = self.train_step(step)
@@ -329,8 +284,8 @@ class Trainer:
         bar.close()
         if start < stop and not stopped:
             self._save(self.recipe.steps)
-        if self.best["weights"] is not None:
-            self.load_best_weights(self.best["weights"])
+        if self.early_stopping.weights is not None:
+            self.load_best_weights(self.early_stopping.weights)
         result = self._export(model_uri, start, loss, time.perf_counter() - started)
         torch.distributed.barrier()
         return result
@@ -354,12 +309,8 @@ class Trainer:
                 }
                 if self.rehearsal_data is not None:
                     meta["rehearsal_uri"] = self.rehearsal
-                if self.best["score"] is not None:
-                    meta["early_stopping"] = {
-                        "best_step": self.best["step"],
-                        "best_score": self.best["score"],
-                        "history": self.best["history"],
-                    }
+                if self.early_stopping.score is not None:
+                    meta["early_stopping"] = self.early_stopping.summary()
                 manifest_uri, version = publish_model_dir(Path(tmp), model_uri, meta, self.config)
             if self.run is not None:
                 self.run.set_tags(
@@ -435,29 +386,3 @@ def _progress(total: int, start: int, desc: str, enabled: bool) -> Any:
     return tqdm(
         total=total, initial=start, desc=desc, unit="step", disable=None if enabled else True, dynamic_ncols=True
     )
-
-
-def gathered_copy(engine: Any) -> torch.nn.Module:
-    """A full, unpartitioned CPU copy of the engine's model (gathers ZeRO-3 shards)."""
-    import copy
-
-    import deepspeed
-
-    module = engine.module
-    params = list(module.parameters())
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
-        clone = copy.deepcopy(module).to("cpu").float()
-    return clone
-
-
-def rehearsal_uses(recipe: RecipeConfig) -> dict[str, float]:
-    """The recipe's settings that are on and read the rehearsal dataset, with their values."""
-    return {k: getattr(recipe, k) for k in REHEARSAL_SETTINGS if getattr(recipe, k)}
-
-
-def rehearsal_counts(micro: int, world_size: int, fraction: float) -> list[int]:
-    """Rehearsed samples in each rank's micro-batch: `fraction` of all ranks' micro-batches together,
-    rounded, spread over the ranks as evenly as it goes (so that 8 ranks with micro-batches of 8 still
-    rehearse 5% of the batch of 64: 3 samples, on 3 of the ranks)."""
-    total = round(micro * world_size * fraction)
-    return [total * (r + 1) // world_size - total * r // world_size for r in range(world_size)]
