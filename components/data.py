@@ -9,54 +9,50 @@ from photogenic.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def plan_ingest(preset: str, overrides: list, source: str, partitions: int, parent_run_id: str) -> list:
+def plan_ingest(config_uri: str, source: str, partitions: int, parent_run_id: str) -> list:
     """Cut the source into partitions that ingest in parallel.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         source: `world`, a captions table URI (.jsonl/.csv/.parquet) or tar shards.
         partitions: how many (capped at the source's number of 256-row chunks).
-        parent_run_id: the MLflow parent run, carried in each item (the loop body then needs no
-            other task's output, which kfp.local resolves wrongly inside a ParallelFor).
+        parent_run_id: the MLflow parent run. It and the config URI are carried in each item: the loop
+            body then needs no other task's output, which kfp.local resolves wrongly inside a ParallelFor.
 
     Returns:
-        One `{"index", "count", "out", "parent_run_id"}` dict per partition.
+        One `{"index", "count", "out", "parent_run_id", "config_uri"}` dict per partition.
     """
     from photogenic import tasks
 
-    plan = tasks.plan_ingest(tasks.task_config(preset, overrides), source, partitions)
-    return [{**item, "parent_run_id": parent_run_id} for item in plan]
+    plan = tasks.plan_ingest(tasks.task_config(config_uri), source, partitions)
+    return [{**item, "parent_run_id": parent_run_id, "config_uri": config_uri} for item in plan]
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def ingest_partition(preset: str, overrides: list, source: str, partition: dict) -> str:
+def ingest_partition(source: str, partition: dict) -> str:
     """Ingest one partition into its own tar shards, de-duplicated within it, bad rows quarantined.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
         source: the source spec (as for `plan_ingest`).
-        partition: one item of `plan_ingest`'s list (with the MLflow parent run).
+        partition: one item of `plan_ingest`'s list (with the run's config and MLflow parent run).
 
     Returns:
         The partition's manifest URI.
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(partition["config_uri"])
     return tasks.ingest_partition(config, source, partition, partition["parent_run_id"])["manifest_uri"]
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def merge_ingest(
-    preset: str, overrides: list, source: str, parts: list, parent_run_id: str, dataset: Output[Dataset]
-) -> NamedTuple("Outputs", [("uri", str), ("version", str), ("result", dict)]):
+def merge_ingest(config_uri: str, source: str, parts: list, parent_run_id: str, dataset: Output[Dataset]) -> NamedTuple(
+    "Outputs", [("uri", str), ("version", str), ("result", dict)]
+):
     """Join the partitions into one dataset (cross-partition duplicates removed) and publish its manifest.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         source: the source spec.
         parts: the partitions' manifest URIs.
         parent_run_id: the MLflow parent run.
@@ -67,7 +63,7 @@ def merge_ingest(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     result = tasks.merge_ingest(config, source, parts, parent_run_id)
     tasks.publish_artifact(dataset, result["manifest_uri"], config)
     return (result["manifest_uri"], result["fingerprint"], result)
@@ -75,8 +71,7 @@ def merge_ingest(
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def validate(
-    preset: str,
-    overrides: list,
+    config_uri: str,
     data_uri: str,
     data_version: str,
     dataset: Output[Dataset],
@@ -85,8 +80,7 @@ def validate(
     """Validate the ingested dataset with Great Expectations; failing samples are quarantined with reasons.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         data_uri: the ingested dataset's manifest URI.
         data_version: its content fingerprint (the cache key: same data, same result).
         dataset: the clean dataset's manifest.
@@ -97,7 +91,7 @@ def validate(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.validate_data(config, data_uri, parent_run_id)
     tasks.publish_artifact(dataset, result["manifest_uri"], config, input_version=data_version)

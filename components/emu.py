@@ -9,14 +9,13 @@ from photogenic.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def judges(preset: str, overrides: list, purpose: str, judge_set: Output[Artifact]) -> NamedTuple(
+def judges(config_uri: str, purpose: str, judge_set: Output[Artifact]) -> NamedTuple(
     "Outputs", [("uri", str), ("version", str), ("result", dict)]
 ):
     """Train and validate a judge set on oracle-labelled renders drawn with their own seeds.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         purpose: `curation` (the rating set behind the automatic filters) or `evaluation` (the raters).
         judge_set: the judge set's manifest, with its validation metrics.
 
@@ -25,7 +24,7 @@ def judges(preset: str, overrides: list, purpose: str, judge_set: Output[Artifac
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.train_judges(config, purpose, parent_run_id)
     tasks.publish_artifact(judge_set, result["manifest_uri"], config, purpose=purpose, **result["metrics"])
@@ -34,8 +33,7 @@ def judges(preset: str, overrides: list, purpose: str, judge_set: Output[Artifac
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def curate(
-    preset: str,
-    overrides: list,
+    config_uri: str,
     data_uri: str,
     data_version: str,
     judges_uri: str,
@@ -49,8 +47,7 @@ def curate(
     rehearsal set (what the automatic filters kept) that quality-tuning mixes into its batches.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         data_uri: the validated dataset's manifest URI.
         data_version: its content fingerprint (with `judges_version`, the cache key).
         judges_uri: the curation judge set.
@@ -66,7 +63,7 @@ def curate(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id, approved)
     tasks.publish_artifact(dataset, result["manifest_uri"], config)
@@ -77,8 +74,7 @@ def curate(
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def evaluate(
-    preset: str,
-    overrides: list,
+    config_uri: str,
     model_a: str,
     model_a_version: str,
     model_b: str,
@@ -93,8 +89,7 @@ def evaluate(
     World models are rated by the ground-truth panel, with the learned judges beside it as a proxy.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         model_a: the candidate model (a "win" means A is better).
         model_a_version: its fingerprint (the versions are the cache key).
         model_b: the reference model.
@@ -109,7 +104,7 @@ def evaluate(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.evaluate_models(config, model_a, model_b, judges_uri, parent_run_id, curation_judges_uri)
     tasks.copy_report(result["report_uri"], report, config)
@@ -117,14 +112,13 @@ def evaluate(
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def register(preset: str, overrides: list, model: dict, evaluation: dict, model_name: str, parent_run_id: str) -> dict:
+def register(config_uri: str, model: dict, evaluation: dict, model_name: str, parent_run_id: str) -> dict:
     """Register the quality-tuned model in MLflow; alias it `champion` only if the evaluation passes the
     gate (appeal win rate's lower bound above 50%, faithfulness not worse, also on held-out concepts, judges
     valid).
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         model: the quality-tune result.
         evaluation: the evaluation result.
         model_name: the registered model's name.
@@ -135,14 +129,13 @@ def register(preset: str, overrides: list, model: dict, evaluation: dict, model_
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     return tasks.register_model(config, model, evaluation, model_name, parent_run_id)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def summarize(
-    preset: str,
-    overrides: list,
+    config_uri: str,
     ingest: dict,
     validate: dict,
     autoencoder: dict,
@@ -160,8 +153,7 @@ def summarize(
     and written to `summary_uri` when given (the local run reads it from there).
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         ingest, validate, autoencoder, pretrain, judges_curation, judges_evaluation, curate, quality_tune,
             evaluate, register: the stages' results.
         parent_run_id: the MLflow parent run.
@@ -172,7 +164,7 @@ def summarize(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     stages = {
         "ingest": ingest,
         "validate": validate,

@@ -1,5 +1,7 @@
 """Opening and closing the pipeline's MLflow parent run."""
 
+from typing import NamedTuple
+
 from kfp import dsl
 from kfp.dsl import PipelineTaskFinalStatus
 
@@ -7,8 +9,11 @@ from photogenic.components.images import CPU_IMAGE
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
-def open_run(preset: str, overrides: list, kfp_run_id: str, pipeline_version: str) -> str:
-    """Open the pipeline's MLflow parent run (every stage logs a child run under it).
+def open_run(preset: str, overrides: list, kfp_run_id: str, pipeline_version: str) -> NamedTuple(
+    "Outputs", [("run_id", str), ("config_uri", str)]
+):
+    """Resolve the run's config once and publish it to the store; open the pipeline's MLflow parent run
+    (every stage logs a child run under it).
 
     Args:
         preset: the config preset (`photogenic config presets`).
@@ -17,12 +22,13 @@ def open_run(preset: str, overrides: list, kfp_run_id: str, pipeline_version: st
         pipeline_version: the compiled pipeline's version, as a tag.
 
     Returns:
-        The MLflow run id of the parent run.
+        run_id: the MLflow run id of the parent run; config_uri: the resolved config every other task reads.
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
-    return tasks.open_pipeline_run(config, kfp_run_id, pipeline_version)
+    config = tasks.config_from(preset, overrides)
+    config_uri = tasks.publish_config(config, overrides)
+    return (tasks.open_pipeline_run(config, kfp_run_id, pipeline_version), config_uri)
 
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
@@ -40,6 +46,6 @@ def close_run(preset: str, overrides: list, kfp_run_id: str, status: PipelineTas
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.config_from(preset, overrides)  # the exit handler cannot take open_run's outputs
     error = status.error_message or ""
     return tasks.close_pipeline_run(config, kfp_run_id, status.state, error)

@@ -10,8 +10,7 @@ from photogenic.components.images import CPU_IMAGE, TRAIN_IMAGE
 
 @dsl.component(base_image=TRAIN_IMAGE, install_kfp_package=False)
 def train(
-    preset: str,
-    overrides: list,
+    config_uri: str,
     recipe: str,
     data_uri: str,
     data_version: str,
@@ -24,8 +23,7 @@ def train(
     """Train one recipe (DeepSpeed, resuming from the run's latest checkpoint) and export the model.
 
     Args:
-        preset: the config preset.
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         recipe: `autoencoder`, `pretrain` or `quality_tune`.
         data_uri: the training dataset's manifest URI.
         data_version: its content fingerprint (with `base_version`, the cache key).
@@ -41,7 +39,7 @@ def train(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id, rehearsal)
     tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
@@ -50,8 +48,7 @@ def train(
 
 @dsl.component(base_image=CPU_IMAGE, install_kfp_package=False)
 def launch_training(
-    preset: str,
-    overrides: list,
+    config_uri: str,
     recipe: str,
     data_uri: str,
     data_version: str,
@@ -74,8 +71,7 @@ def launch_training(
     master's log, wait, fail with the operator's reason, delete the job. This pod holds no GPU.
 
     Args:
-        preset: the config preset (the job's pods resolve the same config).
-        overrides: config overrides.
+        config_uri: the run's resolved config (published by `open_run`).
         recipe: `pretrain` (or `autoencoder`, `quality_tune`).
         data_uri: the training dataset's manifest URI.
         data_version: its content fingerprint (cache key).
@@ -99,12 +95,11 @@ def launch_training(
     """
     from photogenic import tasks
 
-    config = tasks.task_config(preset, overrides)
+    config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.launch_training(
         config,
-        preset,
-        overrides,
+        config_uri,
         recipe,
         data_uri,
         base,

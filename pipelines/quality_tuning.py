@@ -83,7 +83,7 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
             approved: with `curate.review=import`, the reviewers' JSON of approved keys (a store URI).
             summary_uri: where the run's summary JSON goes ("" = only on the MLflow parent run).
         """
-        cfg = {"preset": preset, "overrides": overrides}
+        settings = {"preset": preset, "overrides": overrides}
 
         def train_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
             return on_gpu(task, task_gpus, train_cpu, train_memory, gpu_node_selector, gpu_tolerations)
@@ -92,17 +92,19 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
             return data_task(task, data_cpu, data_memory)
 
         job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        closer = c.close_run(**cfg, kfp_run_id=job_id)
+        closer = c.close_run(**settings, kfp_run_id=job_id)
         small(network_retries(uncached(with_cluster_env(closer))))
         with dsl.ExitHandler(closer, name="photogenic"):
-            parent = c.open_run(**cfg, kfp_run_id=job_id, pipeline_version=version)
+            # The config is resolved once, here, and published to the store; every task after reads it.
+            parent = c.open_run(**settings, kfp_run_id=job_id, pipeline_version=version)
             small(network_retries(uncached(with_cluster_env(parent))))
-            run_id = parent.output
+            run_id = parent.outputs["run_id"]
+            cfg = {"config_uri": parent.outputs["config_uri"]}
 
             plan = c.plan_ingest(**cfg, source=source, partitions=ingest_partitions, parent_run_id=run_id)
             small(uncached(with_cluster_env(plan)))
             with dsl.ParallelFor(plan.output, parallelism=8) as part:
-                piece = c.ingest_partition(**cfg, source=source, partition=part)
+                piece = c.ingest_partition(source=source, partition=part)
                 data_pod(network_retries(uncached(with_cluster_env(piece))))
             ingested = c.merge_ingest(**cfg, source=source, parts=dsl.Collected(piece.output), parent_run_id=run_id)
             data_pod(network_retries(uncached(with_cluster_env(ingested))))
@@ -155,16 +157,12 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
 
             curation_judges = data_pod(
                 network_retries(
-                    with_cluster_env(
-                        c.judges(**cfg, purpose="curation").set_display_name("judges-curation").after(parent)
-                    )
+                    with_cluster_env(c.judges(**cfg, purpose="curation").set_display_name("judges-curation"))
                 )
             )
             raters = data_pod(
                 network_retries(
-                    with_cluster_env(
-                        c.judges(**cfg, purpose="evaluation").after(parent).set_display_name("judges-evaluation")
-                    )
+                    with_cluster_env(c.judges(**cfg, purpose="evaluation").set_display_name("judges-evaluation"))
                 )
             )
 

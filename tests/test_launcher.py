@@ -246,15 +246,17 @@ def test_launch_training_runs_the_pods_command_and_returns_the_model(tmp_path: P
         job_key="run1",
         apis=(custom, FakeCore([])),
     )
-    result = tasks.launch_training(config, "tiny", [f"workspace={tmp_path}"], "pretrain", data, ae, "", "", **kw)
+    config_uri = tasks.publish_config(config, [f"workspace={tmp_path}"])
+    result = tasks.launch_training(config, config_uri, "pretrain", data, ae, "", "", **kw)
     assert result["steps"] == 2 and Path(result["model_uri"], "manifest.json").exists()
-    assert "--preset" in commands[0] and f"workspace={tmp_path}" in commands[0]
+    assert commands[0][-2:] == ["--config", config_uri]  # the pods read the run's config, as the task did
     assert custom.deleted == ["photogenic-pretrain-run1"]
-    again = tasks.launch_training(config, "tiny", [f"workspace={tmp_path}"], "pretrain", data, ae, "", "", **kw)
+    again = tasks.launch_training(config, config_uri, "pretrain", data, ae, "", "", **kw)
     assert again["reused"] is True and len(custom.created) == 1  # a finished model needs no second job
-    args = train_args("quality_tune", "d.json", "s3://b/run", "tiny", ["a.b=1"], "base", "j", "", "h.json")
-    assert args[args.index("--rehearsal-data") + 1] == "h.json" and args[-1] == "a.b=1"
-    assert "--rehearsal-data" not in train_args("pretrain", "d.json", "s3://b/run", "tiny", [], "ae")
+    preset_args = ["--preset", "tiny", "a.b=1"]
+    args = train_args("quality_tune", "d.json", "s3://b/run", preset_args, "base", "j", "", "h.json")
+    assert args[args.index("--rehearsal-data") + 1] == "h.json" and args[-3:] == preset_args
+    assert "--rehearsal-data" not in train_args("pretrain", "d.json", "s3://b/run", preset_args, "ae")
 
 
 # --------------------------------------------------------------------------------------------- pods

@@ -188,16 +188,23 @@ def _tasks(spec: dict) -> dict[str, dict]:
 def test_a_resubmitted_run_can_reuse_every_cached_task() -> None:
     """KFP reuses a cached task when its inputs are the same: no cached task may take a value that changes
     every run (the run's id, or the MLflow parent run the uncached open-run task makes). Tasks find the
-    parent run by the run id from their pod's `pipeline/runid` label instead."""
+    parent run by the run id from their pod's `pipeline/runid` label instead. The one output of open-run
+    they take is the config's URI, which is named by the config's bytes: the same in every run of it."""
     spec, platform = list(yaml.safe_load_all(COMPILED.read_text()))
-    per_run = ("{{$.pipeline_job_", "open-run")
     cached = {name: task for name, task in _tasks(spec).items() if task.get("cachingOptions", {}).get("enableCache")}
     assert {"validate", "train", "train-2", "judges", "judges-2", "curate", "train-3", "evaluate"} <= set(cached)
     assert "launch-training" in cached
+    config_uri = (  # open-run's output, in the exit handler's DAG and in a branch's
+        {"taskOutputParameter": {"outputParameterKey": "config_uri", "producerTask": "open-run"}},
+        {"componentInputParameter": "pipelinechannel--open-run-config_uri"},
+    )
     for name, task in cached.items():
-        for key, value in task.get("inputs", {}).get("parameters", {}).items():
+        parameters = task.get("inputs", {}).get("parameters", {})
+        assert parameters.get("config_uri") in config_uri, name
+        for key, value in parameters.items():
             text = json.dumps(value)
-            assert not any(p in text for p in per_run), f"{name}.{key} changes every run: {text}"
+            per_run = "{{$.pipeline_job_" in text or ("open-run" in text and key != "config_uri")
+            assert not per_run, f"{name}.{key} changes every run: {text}"
     # ... and the parent run exists before any of them looks it up: every task runs after open-run.
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
 
@@ -289,6 +296,7 @@ def test_the_wheel_installs_components_and_pipelines_inside_the_package(tmp_path
     names = zipfile.ZipFile(wheel).namelist()
     assert "photogenic/components/images.json" in names and "photogenic/components/training.py" in names
     assert "photogenic/pipelines/compiled/quality_tuning.yaml" in names
+    assert {"photogenic/config/loading.py", "photogenic/cli/base.py", "photogenic/data/merge.py"} <= set(names)
     assert not [n for n in names if n.startswith(("components/", "pipelines/"))]
 
 
@@ -494,3 +502,28 @@ def test_progress_counts_every_task_end_printed_by_parallel_tasks(tmp_path: Path
     lines = (tmp_path / "run.log").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2401 and lines[-1] == "a last line without a newline"
     assert {f"{i}:{j}" for i in range(8) for j in range(300)} == {line.split(" ")[0] for line in lines[:-1]}
+
+
+def test_a_runs_config_is_resolved_once_and_read_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open-run publishes the resolved config; every later task reads that file, named by its bytes."""
+    from photogenic import tasks
+    from photogenic.config import ConfigError, load_config
+
+    monkeypatch.delenv("PHOTOGENIC_WORKSPACE", raising=False)
+    overrides = [f"workspace={tmp_path}", "world.seed=5", "train.pretrain.steps=3"]
+    config = tasks.config_from("tiny", overrides)
+    uri = tasks.publish_config(config, overrides)
+    assert uri.startswith(str(tmp_path / "store" / "configs"))
+    assert tasks.task_config(uri) == config == load_config("tiny", overrides=overrides)
+    assert tasks.publish_config(tasks.config_from("tiny", overrides), overrides) == uri  # same run, same file
+    assert tasks.publish_config(tasks.config_from("tiny", [*overrides, "world.seed=6"]), overrides) != uri
+    # A pod's own workspace ($PHOTOGENIC_WORKSPACE, as our images set) is used unless the run named one.
+    monkeypatch.setenv("PHOTOGENIC_WORKSPACE", "/cache")
+    assert tasks.task_config(uri).workspace == str(tmp_path)
+    unnamed = tasks.publish_config(config, ["world.seed=5"])
+    assert tasks.task_config(unnamed).workspace == "/cache"
+    assert tasks.task_config(unnamed).world == config.world
+    # A file changed after publishing is refused, naming it (the store's checksum catches it first).
+    Path(unnamed).write_text(Path(unnamed).read_text().replace("seed: 5", "seed: 9"))
+    with pytest.raises(ConfigError, match=f"config {unnamed} cannot be read: checksum mismatch"):
+        tasks.task_config(unnamed)

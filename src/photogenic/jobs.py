@@ -353,20 +353,22 @@ def train_args(
     recipe: str,
     data_uri: str,
     out: str,
-    preset: str,
-    overrides: Sequence[str],
+    config_args: Sequence[str],
     base: str = "",
     judges: str = "",
     parent_run_id: str = "",
     rehearsal: str = "",
 ) -> list[str]:
-    """The `photogenic train ...` arguments a training job's pods run (after `torchrun -m photogenic`)."""
-    args = ["train", recipe.replace("_", "-"), "--data", data_uri, "--out", out, "--preset", preset]
+    """The `photogenic train ...` arguments a training job's pods run (after `torchrun -m photogenic`).
+
+    `config_args` name the config: `["--config", URI]` of a run's resolved config, or `["--preset", NAME,
+    *overrides]` (overrides last: they are the command's trailing arguments)."""
+    args = ["train", recipe.replace("_", "-"), "--data", data_uri, "--out", out]
     args += ["--base", base] if base else []
     args += ["--judges", judges] if judges else []
     args += ["--rehearsal-data", rehearsal] if rehearsal else []
     args += ["--parent-run-id", parent_run_id] if parent_run_id else []
-    return args + list(overrides)
+    return args + list(config_args)
 
 
 def training_job(

@@ -1,12 +1,14 @@
 """What each pipeline task runs: one stage function under the pipeline's MLflow run, returning small JSON.
 
 The KFP components in `photogenic.components` are typed shells around these functions; they are also
-importable and tested without KFP. Every function takes the preset and `key=value` overrides (the
-pipeline's parameters), resolves the config itself, and returns a dict of strings, numbers and lists.
+importable and tested without KFP. The config is resolved once per run, from the pipeline's preset and
+`key=value` overrides, by the open-run task (`config_from`, `publish_config`); every other task reads it
+back from the store (`task_config`). Each function returns a dict of strings, numbers and lists.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -15,7 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from photogenic.config import Config, load_config
+import yaml
+
+from photogenic.config import Config, ConfigError, load_config, to_dict
 from photogenic.registry import gate, register_model
 from photogenic.stages import result_dict, run_stage
 from photogenic.tracking import (
@@ -32,6 +36,8 @@ from photogenic.tracking import (
 
 __all__ = [
     "task_config",
+    "config_from",
+    "publish_config",
     "open_pipeline_run",
     "close_pipeline_run",
     "plan_ingest",
@@ -66,13 +72,58 @@ def plain(value: Any) -> Any:
     return value
 
 
-def task_config(preset: str, overrides: Sequence[str]) -> Config:
-    """The resolved config of a task: the pipeline's preset and overrides, exactly as `photogenic` resolves
-    them; $PHOTOGENIC_WORKSPACE (set on pods with a cache volume) is the workspace unless overridden."""
+def config_from(preset: str, overrides: Sequence[str]) -> Config:
+    """The config the pipeline's preset and overrides name, resolved exactly as `photogenic` resolves them;
+    $PHOTOGENIC_WORKSPACE (set in our images, and on pods with a cache volume) is the workspace unless an
+    override names one."""
     items = list(overrides)
-    if os.environ.get("PHOTOGENIC_WORKSPACE") and not any(o.startswith("workspace=") for o in items):
+    if os.environ.get("PHOTOGENIC_WORKSPACE") and not _names_workspace(items):
         items.insert(0, f"workspace={os.environ['PHOTOGENIC_WORKSPACE']}")
     return load_config(preset or None, overrides=items)
+
+
+def publish_config(config: Config, overrides: Sequence[str] = ()) -> str:
+    """Write a run's resolved config to the store, once; every later task and pod reads it from there.
+
+    The workspace, a folder on one machine, stays out of it unless `overrides` name one: each task then
+    takes its own machine's ($PHOTOGENIC_WORKSPACE, as `config_from`).
+
+    Returns:
+        `<store>/configs/<sha256 of the file>.yaml`: named by content, so a rerun with the same config
+        names the same file, and the tasks that take it keep their cache keys.
+    """
+    from photogenic.storage import join_uri, open_store
+
+    data = to_dict(config)
+    if not _names_workspace(overrides):
+        del data["workspace"]
+    text = yaml.safe_dump(data, sort_keys=True).encode()
+    store = open_store(join_uri(config.store_root(), "configs"), config.storage)
+    name = f"{hashlib.sha256(text).hexdigest()[:16]}.yaml"
+    if not store.exists(name):
+        store.put_bytes(name, text)
+    return store.uri(name)
+
+
+def task_config(config_uri: str) -> Config:
+    """A task's config: the run's, as `publish_config` wrote it (its name checked against its bytes)."""
+    from photogenic.storage import StoreError, open_store, split_parent
+
+    folder, name = split_parent(config_uri)
+    try:
+        text = open_store(folder).get_bytes(name)
+    except StoreError as exc:
+        raise ConfigError(f"the run's config {config_uri} cannot be read: {exc}") from exc
+    if f"{hashlib.sha256(text).hexdigest()[:16]}.yaml" != name:
+        raise ConfigError(f"the run's config {config_uri} does not hold the bytes its name was made from")
+    data = yaml.safe_load(text)
+    workspace = os.environ.get("PHOTOGENIC_WORKSPACE")
+    extra = [f"workspace={workspace}"] if workspace and "workspace" not in data else []
+    return load_config(file=config_uri, overrides=extra)
+
+
+def _names_workspace(overrides: Sequence[str]) -> bool:
+    return any(o.startswith("workspace=") for o in overrides)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -134,8 +185,7 @@ def train_model(
 
 def launch_training(
     config: Config,
-    preset: str,
-    overrides: Sequence[str],
+    config_uri: str,
     recipe: str,
     data_uri: str,
     base: str,
@@ -157,12 +207,12 @@ def launch_training(
 ) -> dict[str, Any]:
     """Run one recipe as a multi-node job on the training operator; wait; return the exported model.
 
-    The pods run `torchrun -m photogenic train RECIPE ...` with the same preset and overrides as this
-    task, so they resolve the same config and write checkpoints and the model under the same run URI,
-    which this task then reads. A model already exported there is reused without a job.
+    The pods run `torchrun -m photogenic train RECIPE ... --config CONFIG_URI`: they read the run's config
+    from the store, as this task did, and write checkpoints and the model under the same run URI, which
+    this task then reads. A model already exported there is reused without a job.
 
     Args:
-        preset, overrides: the pipeline's config (passed on to the pods verbatim).
+        config_uri: the run's resolved config (`publish_config`), which the pods read.
         backend: `trainjob` (Trainer v2) or `pytorchjob` (kubeflow.org/v1).
         image: the training image.
         image_pull_secrets: Secrets for pulling it.
@@ -188,7 +238,7 @@ def launch_training(
     job = training_job(
         recipe,
         out,
-        train_args(recipe, data_uri, out, preset or config.preset, overrides, base, judges, parent_run_id, rehearsal),
+        train_args(recipe, data_uri, out, ["--config", config_uri], base, judges, parent_run_id, rehearsal),
         image=image,
         namespace=namespace or pod_namespace(),
         nodes=nodes,

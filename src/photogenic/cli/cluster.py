@@ -65,12 +65,11 @@ def _training_job(config: Config, kw: dict[str, Any]) -> Any:
         recipe, config, kw["data_uri"], kw["base"] or None, kw["judges"] or None, kw["out"], kw["rehearsal"] or None
     )
     overrides = [o for o in overrides_from(config) if not o.startswith("workspace=")]
+    config_args = ["--preset", config.preset, *overrides]  # a job outside a pipeline run: no published config
     return training_job(
         recipe,
         out,
-        train_args(
-            recipe, kw["data_uri"], out, config.preset, overrides, kw["base"], kw["judges"], "", kw["rehearsal"]
-        ),
+        train_args(recipe, kw["data_uri"], out, config_args, kw["base"], kw["judges"], "", kw["rehearsal"]),
         image=kw["image"] or TRAIN_IMAGE,
         namespace=kw["namespace"],
         nodes=kw["nodes"],

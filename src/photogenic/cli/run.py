@@ -52,7 +52,7 @@ def run_cmd(
 
     if image and not containers:
         raise click.UsageError("--image is for --containers")
-    overrides = overrides_from(config)  # every task resolves exactly this config from preset + overrides
+    overrides = overrides_from(config)  # the pipeline's inputs: open-run resolves exactly this config from them
     boxes = Containers(image or LOCAL_IMAGE) if containers else None
     try:
         summary = run_locally(

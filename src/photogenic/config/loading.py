@@ -29,7 +29,7 @@ def load_config(
 
     Args:
         preset: preset name; when None, the file's `preset:` key, else `demo`.
-        file: optional YAML file with any subset of the tree.
+        file: optional YAML file with any subset of the tree: a local path or a store URI.
         overrides: `dotted.key=value` strings; values are parsed as YAML scalars or lists.
 
     Returns:
@@ -40,7 +40,7 @@ def load_config(
     """
     file_data: dict[str, Any] = {}
     if file is not None:
-        file_data = _read_yaml(Path(file))
+        file_data = _read_yaml(file)
     name = preset or file_data.get("preset") or "demo"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}{_suggest(name, PRESETS)}; presets: {', '.join(PRESETS)}")
@@ -189,9 +189,9 @@ def _check_bounds(value: Any, key: str, meta: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key {key!r} must be {sign} {meta[bound]:g}, got {value!r}")
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: str | Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = _read_text(str(path))
     except OSError as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
     try:
@@ -203,6 +203,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top, got {_show(data)}")
     return data
+
+
+def _read_text(path: str) -> str:
+    """A local file, or an object in the store (`s3://...`, `file://...`): a run's resolved config."""
+    if "://" not in path:
+        return Path(path).read_text()
+    from photogenic.storage import StoreError, open_store, split_parent
+
+    try:
+        folder, name = split_parent(path)
+        return open_store(folder).get_bytes(name).decode()
+    except StoreError as exc:
+        raise ConfigError(f"config file {path!r} cannot be read: {exc}") from exc
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> None:
