@@ -6,6 +6,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from photogenic import __version__
 
@@ -81,8 +82,31 @@ def compile_pipeline(
             )
         else:
             compiler.Compiler().compile(build(version), str(out))
-        path.write_text(_HEADER.format(version=version) + out.read_text())
+        path.write_text(_HEADER.format(version=version) + _stable_defaults(out.read_text()))
     return path
+
+
+def _stable_defaults(text: str) -> str:
+    """KFP's comment header prints dict defaults in its protobuf map's order, which changes between
+    compiles; print them with sorted keys, so the same pipeline compiles to the same bytes."""
+    import ast
+    import re
+
+    def sort(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: sort(value[k]) for k in sorted(value)}
+        if isinstance(value, list):
+            return [sort(v) for v in value]
+        return value
+
+    def fix(match: re.Match[str]) -> str:
+        try:
+            value = ast.literal_eval(match.group(2))
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        return f"{match.group(1)}{sort(value)!r}]"
+
+    return re.sub(r"^(#\s+\w+: \w+ \[Default: )(.*)\]$", fix, text, flags=re.MULTILINE)
 
 
 def _k8s_version(version: str) -> str:

@@ -85,147 +85,152 @@ def build(version: str, retries: int = 3) -> dsl.graph_component.GraphComponent:
         """
         settings = {"preset": preset, "overrides": overrides}
 
-        def train_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
-            return on_gpu(task, task_gpus, train_cpu, train_memory, gpu_node_selector, gpu_tolerations)
-
-        def data_pod(task: dsl.PipelineTask) -> dsl.PipelineTask:
-            return data_task(task, data_cpu, data_memory)
+        def step(task: dsl.PipelineTask, pod: str = "small", cached: bool = True) -> dsl.PipelineTask:
+            """A task's cluster settings in one call: the cluster's env, caching, retries, its pod's size."""
+            sized = {
+                "small": small,
+                "data": lambda t: data_task(t, data_cpu, data_memory),
+                "train": lambda t: on_gpu(t, task_gpus, train_cpu, train_memory, gpu_node_selector, gpu_tolerations),
+            }[pod]
+            return sized(network_retries(with_cluster_env(task if cached else uncached(task))))
 
         job_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        closer = c.close_run(**settings, kfp_run_id=job_id)
-        small(network_retries(uncached(with_cluster_env(closer))))
+        closer = step(c.close_run(**settings, kfp_run_id=job_id), cached=False)
         with dsl.ExitHandler(closer, name="photogenic"):
             # The config is resolved once, here, and published to the store; every task after reads it.
-            parent = c.open_run(**settings, kfp_run_id=job_id, pipeline_version=version)
-            small(network_retries(uncached(with_cluster_env(parent))))
+            parent = step(c.open_run(**settings, kfp_run_id=job_id, pipeline_version=version), cached=False)
             run_id = parent.outputs["run_id"]
             cfg = {"config_uri": parent.outputs["config_uri"]}
 
-            plan = c.plan_ingest(**cfg, source=source, partitions=ingest_partitions, parent_run_id=run_id)
-            small(uncached(with_cluster_env(plan)))
+            # Ingestion: a source may change under the same URI, so these tasks always run (and reuse
+            # their own outputs when the source did not change).
+            plan = step(
+                c.plan_ingest(**cfg, source=source, partitions=ingest_partitions, parent_run_id=run_id), cached=False
+            )
             with dsl.ParallelFor(plan.output, parallelism=8) as part:
-                piece = c.ingest_partition(source=source, partition=part)
-                data_pod(network_retries(uncached(with_cluster_env(piece))))
-            ingested = c.merge_ingest(**cfg, source=source, parts=dsl.Collected(piece.output), parent_run_id=run_id)
-            data_pod(network_retries(uncached(with_cluster_env(ingested))))
+                piece = step(c.ingest_partition(source=source, partition=part), "data", cached=False)
+            ingested = step(
+                c.merge_ingest(**cfg, source=source, parts=dsl.Collected(piece.output), parent_run_id=run_id),
+                "data",
+                cached=False,
+            )
 
             # Cached tasks take nothing that changes per run (the parent run id would): a run with the same
             # inputs reuses their results. They find the parent MLflow run by the pod's run-id label.
-            clean = c.validate(**cfg, data_uri=ingested.outputs["uri"], data_version=ingested.outputs["version"])
-            data_pod(network_retries(with_cluster_env(clean)))
+            clean = step(
+                c.validate(**cfg, data_uri=ingested.outputs["uri"], data_version=ingested.outputs["version"]), "data"
+            )
             data = {"data_uri": clean.outputs["uri"], "data_version": clean.outputs["version"]}
 
-            autoencoder = c.train(
-                **cfg,
-                recipe="autoencoder",
-                **data,
-                base="",
-                base_version="",
-                judges="",
-                rehearsal="",
-            )
+            no_base = {"base": "", "base_version": "", "judges": "", "rehearsal": ""}
+            autoencoder = step(c.train(**cfg, recipe="autoencoder", **data, **no_base), "train")
             autoencoder.set_display_name("autoencoder")
-            train_pod(network_retries(with_cluster_env(autoencoder)))
             base = {"base": autoencoder.outputs["uri"], "base_version": autoencoder.outputs["version"]}
 
             with dsl.If(pretrain_backend == "in-task", "pretrain-in-task"):
-                pretrain_here = c.train(**cfg, recipe="pretrain", **data, **base, judges="", rehearsal="")
-                pretrain_here.set_display_name("pretrain")
-                train_pod(network_retries(with_cluster_env(pretrain_here)))
-            with dsl.Else("pretrain-on-training-operator"):
-                pretrain_job = c.launch_training(
-                    **cfg,
-                    recipe="pretrain",
-                    **data,
-                    **base,
-                    judges="",
-                    rehearsal="",
-                    backend=pretrain_backend,
-                    image=TRAIN_IMAGE,
-                    image_pull_secrets=PULL_SECRETS,
-                    nodes=pretrain_nodes,
-                    gpus_per_node=gpus_per_node,
-                    node_selector=gpu_node_selector,
-                    tolerations=gpu_tolerations,
-                    cache_pvc=job_cache_pvc,
-                    timeout_hours=training_timeout_hours,
+                pretrain_here = step(
+                    c.train(**cfg, recipe="pretrain", **data, **base, judges="", rehearsal=""), "train"
                 )
-                small(network_retries(with_cluster_env(pretrain_job.set_display_name("pretrain-job"))))
+                pretrain_here.set_display_name("pretrain")
+            with dsl.Else("pretrain-on-training-operator"):
+                pretrain_job = step(
+                    c.launch_training(
+                        **cfg,
+                        recipe="pretrain",
+                        **data,
+                        **base,
+                        judges="",
+                        rehearsal="",
+                        backend=pretrain_backend,
+                        image=TRAIN_IMAGE,
+                        image_pull_secrets=PULL_SECRETS,
+                        nodes=pretrain_nodes,
+                        gpus_per_node=gpus_per_node,
+                        node_selector=gpu_node_selector,
+                        tolerations=gpu_tolerations,
+                        cache_pvc=job_cache_pvc,
+                        timeout_hours=training_timeout_hours,
+                    )
+                )
+                pretrain_job.set_display_name("pretrain-job")
             pretrained_uri = dsl.OneOf(pretrain_here.outputs["uri"], pretrain_job.outputs["uri"])
             pretrained_version = dsl.OneOf(pretrain_here.outputs["version"], pretrain_job.outputs["version"])
             pretrained_result = dsl.OneOf(pretrain_here.outputs["result"], pretrain_job.outputs["result"])
 
-            curation_judges = data_pod(
-                network_retries(
-                    with_cluster_env(c.judges(**cfg, purpose="curation").set_display_name("judges-curation"))
-                )
-            )
-            raters = data_pod(
-                network_retries(
-                    with_cluster_env(c.judges(**cfg, purpose="evaluation").set_display_name("judges-evaluation"))
-                )
+            curation_judges = step(c.judges(**cfg, purpose="curation"), "data").set_display_name("judges-curation")
+            evaluation_judges = step(c.judges(**cfg, purpose="evaluation"), "data")
+            evaluation_judges.set_display_name("judges-evaluation")
+
+            curated = step(
+                c.curate(
+                    **cfg,
+                    **data,
+                    judges_uri=curation_judges.outputs["uri"],
+                    judges_version=curation_judges.outputs["version"],
+                    approved=approved,
+                ),
+                "data",
             )
 
-            curated = c.curate(
-                **cfg,
-                **data,
-                judges_uri=curation_judges.outputs["uri"],
-                judges_version=curation_judges.outputs["version"],
-                approved=approved,
-            )
-            data_pod(network_retries(with_cluster_env(curated)))
-
-            tuned = c.train(
-                **cfg,
-                recipe="quality_tune",
-                data_uri=curated.outputs["uri"],
-                data_version=curated.outputs["version"],
-                base=pretrained_uri,
-                base_version=pretrained_version,
-                judges=curation_judges.outputs["uri"],
-                # what the automatic filters kept, rehearsed in a share of every batch (not in the paper)
-                rehearsal=curated.outputs["rehearsal"],
+            tuned = step(
+                c.train(
+                    **cfg,
+                    recipe="quality_tune",
+                    data_uri=curated.outputs["uri"],
+                    data_version=curated.outputs["version"],
+                    base=pretrained_uri,
+                    base_version=pretrained_version,
+                    judges=curation_judges.outputs["uri"],
+                    # what the automatic filters kept, rehearsed in a share of every batch (not in the paper)
+                    rehearsal=curated.outputs["rehearsal"],
+                ),
+                "train",
             )
             tuned.set_display_name("quality-tune")
-            train_pod(network_retries(with_cluster_env(tuned)))
 
-            evaluation = c.evaluate(
-                **cfg,
-                model_a=tuned.outputs["uri"],
-                model_a_version=tuned.outputs["version"],
-                model_b=pretrained_uri,
-                model_b_version=pretrained_version,
-                judges_uri=raters.outputs["uri"],
-                judges_version=raters.outputs["version"],
-                curation_judges_uri=curation_judges.outputs["uri"],
+            evaluation = step(
+                c.evaluate(
+                    **cfg,
+                    model_a=tuned.outputs["uri"],
+                    model_a_version=tuned.outputs["version"],
+                    model_b=pretrained_uri,
+                    model_b_version=pretrained_version,
+                    judges_uri=evaluation_judges.outputs["uri"],
+                    judges_version=evaluation_judges.outputs["version"],
+                    curation_judges_uri=curation_judges.outputs["uri"],
+                ),
+                "data",
             )
-            data_pod(network_retries(with_cluster_env(evaluation)))
 
-            registered = c.register(
-                **cfg,
-                model=tuned.outputs["result"],
-                evaluation=evaluation.outputs["result"],
-                model_name=model_name,
-                parent_run_id=run_id,
+            registered = step(
+                c.register(
+                    **cfg,
+                    model=tuned.outputs["result"],
+                    evaluation=evaluation.outputs["result"],
+                    model_name=model_name,
+                    parent_run_id=run_id,
+                ),
+                cached=False,
             )
-            small(network_retries(uncached(with_cluster_env(registered))))
 
-            summary = c.summarize(
-                **cfg,
-                ingest=ingested.outputs["result"],
-                validate=clean.outputs["result"],
-                autoencoder=autoencoder.outputs["result"],
-                pretrain=pretrained_result,
-                judges_curation=curation_judges.outputs["result"],
-                judges_evaluation=raters.outputs["result"],
-                curate=curated.outputs["result"],
-                quality_tune=tuned.outputs["result"],
-                evaluate=evaluation.outputs["result"],
-                register=registered.output,
-                parent_run_id=run_id,
-                summary_uri=summary_uri,
+            step(
+                c.summarize(
+                    **cfg,
+                    ingest=ingested.outputs["result"],
+                    validate=clean.outputs["result"],
+                    autoencoder=autoencoder.outputs["result"],
+                    pretrain=pretrained_result,
+                    judges_curation=curation_judges.outputs["result"],
+                    judges_evaluation=evaluation_judges.outputs["result"],
+                    curate=curated.outputs["result"],
+                    quality_tune=tuned.outputs["result"],
+                    evaluate=evaluation.outputs["result"],
+                    register=registered.output,
+                    parent_run_id=run_id,
+                    summary_uri=summary_uri,
+                ),
+                cached=False,
             )
-            small(network_retries(uncached(with_cluster_env(summary))))
 
     return quality_tuning
 
