@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,6 +45,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, reason in skips.items():
             if item.get_closest_marker(marker) is not None:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+_STARTED: dict[str, float] = {}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import time
+
+    _STARTED["session"] = time.monotonic()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Save every test's time (setup + call + teardown) to build/test-durations.txt, slowest first: the
+    suite's speed is kept in view from run to run without timing anything inside a test."""
+    import time
+
+    totals: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if isinstance(report, pytest.TestReport):
+                totals[report.nodeid] = totals.get(report.nodeid, 0.0) + report.duration
+    if not totals:
+        return
+    wall = time.monotonic() - _STARTED.get("session", time.monotonic())
+    out = Path(config.rootpath, "build", "test-durations.txt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {len(totals)} tests, {sum(totals.values()):.0f} s of test time, {wall:.0f} s wall"]
+    lines += [f"{seconds:8.2f}  {nodeid}" for nodeid, seconds in sorted(totals.items(), key=lambda x: -x[1])]
+    out.write_text("\n".join(lines) + "\n")
+    terminalreporter.write_line(f"test durations: {out}")
 
 
 def _container_image_missing() -> str | None:
@@ -134,3 +165,48 @@ def workspace(tmp_path: Path) -> Path:
 
 def pytest_report_header(config: pytest.Config) -> str:
     return f"photogenic tests; cpu count {os.cpu_count()}"
+
+
+# ------------------------------------------------------------------------- one tiny pipeline per process
+# Building a tiny world, autoencoder, pretrained model and judge sets takes a while; the modules that
+# only read them share one build per test process (each xdist worker makes its own). Everything a test
+# trains, curates or evaluates goes to its own workspace: nothing here is written after it is built.
+
+
+@pytest.fixture(scope="session")
+def tiny_shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The shared workspace, and a validated tiny world and a 2-step autoencoder in it."""
+    from tests.helpers import tiny_world_and_autoencoder
+
+    ws = tmp_path_factory.mktemp("tiny-shared")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _ISOLATED_ENV:
+            mp.delenv(name, raising=False)
+        data, ae = tiny_world_and_autoencoder(ws)
+    return {"ws": ws, "data": data, "ae": ae}
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained(tiny_shared: dict[str, Any]) -> str:
+    """A 2-step pretrained model on the shared tiny world (its URI)."""
+    from photogenic.train.run import train
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tiny_shared["ws"])
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _ISOLATED_ENV:
+            mp.delenv(name, raising=False)
+        return train("pretrain", config, tiny_shared["data"], base=tiny_shared["ae"], progress=False).model_uri
+
+
+@pytest.fixture(scope="session")
+def tiny_judges(tiny_shared: dict[str, Any]) -> dict[str, Any]:
+    """Both judge sets of the tiny preset (`curation`, `evaluation`: JudgeResults)."""
+    from photogenic.judges import train_judges
+    from tests.helpers import tiny_config
+
+    config = tiny_config(tiny_shared["ws"])
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _ISOLATED_ENV:
+            mp.delenv(name, raising=False)
+        return {p: train_judges(config, p) for p in ("curation", "evaluation")}

@@ -19,30 +19,30 @@ from photogenic.evaluate import (
     benchmark_prompts,
     compare,
     evaluate,
-    export_pairs,
-    import_votes,
     outcome_table,
     panel_pairs,
 )
 from photogenic.judges import load_judge, pairwise_agreement, train_judges
 from photogenic.manifest import ObjectRef, publish, read_manifest
+from photogenic.raters import export_pairs, import_votes
 from photogenic.storage import join_uri, open_store
 from photogenic.train.run import train
 from photogenic.world import WorldConfig, labelled_renders
-from tests.helpers import tiny_config, tiny_world_and_autoencoder
+from tests.helpers import tiny_config
 
 _config = tiny_config
 
 
 @pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A validated tiny world, an autoencoder, a pretrained model and both judge sets."""
+def emu(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_shared: dict[str, Any],
+    tiny_pretrained: str,
+    tiny_judges: dict[str, Any],
+) -> dict[str, Any]:
+    """This module's workspace; the shared tiny world, pretrained model and both judge sets (read only)."""
     ws = tmp_path_factory.mktemp("emu-ws")
-    config = _config(ws)
-    data, ae = tiny_world_and_autoencoder(ws)
-    pretrained = train("pretrain", config, data, base=ae, progress=False)
-    judges = {p: train_judges(config, p) for p in ("curation", "evaluation")}
-    return {"ws": ws, "data": data, "pretrained": pretrained.model_uri, "judges": judges}
+    return {"ws": ws, "data": tiny_shared["data"], "pretrained": tiny_pretrained, "judges": tiny_judges}
 
 
 # ------------------------------------------------------------------------------------------ judges
@@ -58,7 +58,7 @@ def test_judges_publish_validate_reload_and_reuse(emu: dict[str, Any]) -> None:
     images, _ = labelled_renders(WorldConfig(seed=99, num_samples=8), 0, 8)
     again = load_judge(result.uri, config).score(images)
     assert np.array_equal(judge.score(images)["appeal"], again["appeal"])
-    assert train_judges(config, "evaluation").reused
+    assert train_judges(config, "evaluation", out=result.uri).reused  # the same request where it was published
 
 
 def test_judge_sets_are_rendered_from_different_seeds(emu: dict[str, Any]) -> None:

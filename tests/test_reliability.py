@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 from photogenic.config import Config, load_config
-from photogenic.storage import S3Store, StoreError
+from photogenic.s3store import S3Store
+from photogenic.storage import StoreError
 from tests.s3server import SeaweedS3
 
 pytestmark = pytest.mark.slow
@@ -206,7 +207,7 @@ def two_rank_job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "--standalone",
         "--nproc-per-node=2",
         "-m",
-        "photogenic.cli",
+        "photogenic",
         "train",
         "pretrain",
         "--data",

@@ -33,7 +33,6 @@ from tests.helpers import (
     child_env,
     latest_checkpoint_step,
     tiny_config,
-    tiny_world_and_autoencoder,
     unet_weights,
 )
 
@@ -44,11 +43,9 @@ _config = tiny_config
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A validated tiny world and a 2-step autoencoder, shared by the tests of this module."""
-    ws = tmp_path_factory.mktemp("train-ws")
-    data, ae = tiny_world_and_autoencoder(ws)
-    return {"ws": ws, "data": data, "ae": ae}
+def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_shared: dict[str, Any]) -> dict[str, Any]:
+    """This module's workspace, and the shared tiny world and 2-step autoencoder (read only)."""
+    return {"ws": tmp_path_factory.mktemp("train-ws"), "data": tiny_shared["data"], "ae": tiny_shared["ae"]}
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +56,10 @@ def rehearsal_set(tiny: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def pretrained(tiny: dict[str, Any]) -> str:
-    """A 2-step pretrained model on the tiny world, read (never trained further in place) by the tests
-    that quality-tune or draw from it."""
-    out = str(tiny["ws"] / "pretrained")
-    return train("pretrain", _config(tiny["ws"]), tiny["data"], out=out, base=tiny["ae"], progress=False).model_uri
+def pretrained(tiny_pretrained: str) -> str:
+    """The shared 2-step pretrained model on the tiny world, read (never trained further in place) by the
+    tests that quality-tune or draw from it."""
+    return tiny_pretrained
 
 
 def test_autoencoder_export_has_16_latent_channels_and_a_scaling_factor(tiny: dict[str, Any]) -> None:
@@ -627,7 +623,7 @@ def test_two_ranks_under_torchrun(tiny: dict[str, Any], tmp_path: Path) -> None:
             "--nproc-per-node",
             "2",
             "-m",
-            "photogenic.cli",
+            "photogenic",
             "train",
             "pretrain",
             "--data",
