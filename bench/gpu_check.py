@@ -110,7 +110,7 @@ def main() -> None:
         out=str(work / "pretrain"),
         base=ae.model_uri,
         progress=False,
-        name="pretrain",
+        recipe="pretrain",
     )
     result = trainer.train()
     steady = step_times[10:] or step_times

@@ -109,7 +109,7 @@ class _CrashingTrainer(DiffusionTrainer):
 
 
 def _run(trainer_cls: type, config: Config, data: str, out: str, base: str, crash_after: int = 0) -> Any:
-    trainer = trainer_cls(config=config, data_uri=data, out=out, base=base, progress=False, name="pretrain")
+    trainer = trainer_cls(config=config, data_uri=data, out=out, base=base, progress=False, recipe="pretrain")
     trainer.crash_after = crash_after
     return trainer.train()
 
@@ -252,7 +252,7 @@ def test_zero_stages_match_a_bare_pytorch_loop(tiny: dict[str, Any], tmp_path: P
             out=str(tmp_path / f"z{stage}"),
             base=tiny["ae"],
             progress=False,
-            name="pretrain",
+            recipe="pretrain",
         )
         trainer.bare = stage == "bare"
         trainer.train()
@@ -357,7 +357,7 @@ def test_rehearsal_fraction_of_every_batch_comes_from_the_rehearsal_set(
         out=str(tmp_path / "run"),
         base=tiny["ae"],
         progress=False,
-        name="pretrain",
+        recipe="pretrain",
         rehearsal=rehearsal,
     )
     result = trainer.train()
@@ -378,7 +378,7 @@ def test_rehearsal_fraction_of_every_batch_comes_from_the_rehearsal_set(
     assert len(seen) == min(6 * count, len(rehearsed))  # an epoch-wise permutation: no sample twice
     # the paper's recipe, rehearsal off, draws its batches exactly as before the option existed
     plain = DiffusionTrainer(
-        config=_config(tiny["ws"]), data_uri=tiny["data"], out="", base=tiny["ae"], name="pretrain"
+        config=_config(tiny["ws"]), data_uri=tiny["data"], out="", base=tiny["ae"], recipe="pretrain"
     )
     plain.data, plain.micro, plain.dist, plain.rehearsal_data, plain.rehearsal_count = (
         own,
@@ -409,7 +409,7 @@ def test_guidance_preservation_holds_the_base_models_guidance(
             out=str(tmp_path / "qt"),
             base=pretrained,
             progress=False,
-            name="quality_tune",
+            recipe="quality_tune",
             rehearsal=rehearsal_set,
         )
 

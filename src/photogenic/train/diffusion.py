@@ -61,7 +61,7 @@ class DiffusionTrainer(Trainer):
         from photogenic.models.text import text_encoder_of
 
         if not self.base:
-            raise ConfigError(f"train {self.name} needs --base: the exported autoencoder (or the pretrained model)")
+            raise ConfigError(f"train {self.recipe} needs --base: the exported autoencoder (or the pretrained model)")
         base = load_model_dir(self.base, self.workdir / "models")
         self.base_dir = base
         self.vae = AutoencoderKL.from_pretrained(base / "vae").to(self.dist.device).eval().requires_grad_(False)
@@ -83,19 +83,19 @@ class DiffusionTrainer(Trainer):
 
     @torch.no_grad()
     def prepare(self, data: RankData) -> None:
-        if self.recipe.guidance_preservation and not (self.base_dir / "unet").exists():  # before encoding
+        if self.settings.guidance_preservation and not (self.base_dir / "unet").exists():  # before encoding
             raise ConfigError(
-                f"config key 'train.{self.name}.guidance_preservation' ({self.recipe.guidance_preservation}) "
+                f"config key 'train.{self.recipe}.guidance_preservation' ({self.settings.guidance_preservation}) "
                 f"keeps the base model's guidance, and the base {self.base} has no denoiser; set it to 0"
             )
         self.ema = None
-        if self.recipe.ema_decay > 0:  # on the model's device, in fp32, before DeepSpeed casts the model
+        if self.settings.ema_decay > 0:  # on the model's device, in fp32, before DeepSpeed casts the model
             from diffusers import UNet2DConditionModel
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(
                 self.model.parameters(),
-                decay=self.recipe.ema_decay,
+                decay=self.settings.ema_decay,
                 model_cls=UNet2DConditionModel,
                 model_config=self.model.config,
             )
@@ -111,7 +111,7 @@ class DiffusionTrainer(Trainer):
                 chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
         self.latents = torch.cat(chunks)
         self.teacher = None
-        if self.recipe.guidance_preservation:  # the base U-Net, frozen, outside the engine
+        if self.settings.guidance_preservation:  # the base U-Net, frozen, outside the engine
             import copy
 
             self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -119,7 +119,7 @@ class DiffusionTrainer(Trainer):
 
     def preservation_indices(self, step: int, micro: int) -> torch.Tensor:
         """Rehearsal-set captions whose guidance direction one micro-batch preserves (indices into `captions`)."""
-        seed, accum = self.config.train.seed + self.dist.rank + _PRESERVE_SEED, self.recipe.grad_accum_steps
+        seed, accum = self.config.train.seed + self.dist.rank + _PRESERVE_SEED, self.settings.grad_accum_steps
         assert self.rehearsal_data is not None
         return self.rehearsal_data.indices(step, micro, self.preserve_count, accum, seed) + len(self.data)
 
@@ -147,13 +147,13 @@ class DiffusionTrainer(Trainer):
     def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
         gen = seeded(self.config.train.seed, step, micro, self.dist.rank)
         latents = self.latents[batch].to(self.dist.device)
-        drop = torch.rand(len(batch), generator=gen) < self.recipe.caption_dropout
+        drop = torch.rand(len(batch), generator=gen) < self.settings.caption_dropout
         context = self._context(batch, drop)
         noise = torch.randn(latents.shape, generator=gen)
-        if self.recipe.noise_offset:
+        if self.settings.noise_offset:
             # Noise offset (paper: 0.02 in pretraining, 0.1 in quality-tuning) lets the model shift
             # overall brightness, which plain Gaussian noise hides from it.
-            noise = noise + self.recipe.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
+            noise = noise + self.settings.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
         noise = noise.to(self.dist.device)
         t = torch.randint(0, self.noise.config.num_train_timesteps, (len(batch),), generator=gen).to(self.dist.device)
         noisy = self.noise.add_noise(latents, noise, t)
@@ -184,19 +184,19 @@ class DiffusionTrainer(Trainer):
             ).sample
         preservation = F.mse_loss(student[:n] - student[n:], (teacher[:n] - teacher[n:]).float())
         self.last_preservation = float(preservation.detach())
-        return loss + self.recipe.guidance_preservation * preservation
+        return loss + self.settings.guidance_preservation * preservation
 
     def step_metrics(self) -> dict[str, float]:
         return {"guidance_preservation_loss": self.last_preservation} if self.preserve_count else {}
 
     def _denoising_loss(self, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """MSE to the target, min-SNR weighted with `snr_gamma`."""
-        if not self.recipe.snr_gamma:
+        if not self.settings.snr_gamma:
             return F.mse_loss(pred.float(), target.float())
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(self.noise, t)
-        weight = snr.clamp(max=self.recipe.snr_gamma)
+        weight = snr.clamp(max=self.settings.snr_gamma)
         weight = weight / (snr + 1) if self.noise.config.prediction_type == "v_prediction" else weight / snr
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         return (per_sample * weight).mean()
@@ -236,7 +236,7 @@ class DiffusionTrainer(Trainer):
         """Mean appeal, under the *curation* judges, of images for the benchmark's dev prompts with the dev
         split's seeds (the evaluation judges and the test split stay untouched by model selection)."""
         if not self.judges:
-            raise ConfigError(f"train.{self.name}.validate_every needs --judges: the curation judge set")
+            raise ConfigError(f"train.{self.recipe}.validate_every needs --judges: the curation judge set")
         from photogenic.judges import load_judge
 
         if not hasattr(self, "_judge"):
@@ -292,7 +292,7 @@ class DiffusionTrainer(Trainer):
         from photogenic.models.pipeline import image_grid
 
         images = self._draw([(p, i) for i, p in enumerate(SAMPLE_PROMPTS)])
-        self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.name}_step{step:06d}.png")
+        self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.recipe}_step{step:06d}.png")
 
 
 _CAPTION_CACHE_MAX = 100_000

@@ -20,21 +20,21 @@ REHEARSAL_SEED = 7_919  # offsets the rehearsal set's data-order seed from the t
 def rehearsal_share(trainer: Any, rank: int, world_size: int) -> int | None:
     """Samples of rehearsal data in each of this rank's micro-batches; None when no setting reads the
     rehearsal dataset. Every way the settings and the dataset can disagree is a ConfigError naming the key."""
-    uses = rehearsal_uses(trainer.recipe)
+    uses = rehearsal_uses(trainer.settings)
     if not uses:
         if trainer.rehearsal:
             log.info(
                 "%s: rehearsal data %s not used (no train.%s.%s)",
-                trainer.name,
+                trainer.recipe,
                 trainer.rehearsal,
-                trainer.name,
+                trainer.recipe,
                 REHEARSAL_SETTINGS,
             )
         return None
     key, value = next(iter(uses.items()))
-    key = f"train.{trainer.name}.{key}"
+    key = f"train.{trainer.recipe}.{key}"
     if not trainer.supports_rehearsal:
-        raise ConfigError(f"config key {key!r} ({value}): recipe {trainer.name} does not rehearse data; set it to 0")
+        raise ConfigError(f"config key {key!r} ({value}): recipe {trainer.recipe} does not rehearse data; set it to 0")
     if not trainer.rehearsal:
         raise ConfigError(
             f"config key {key!r} ({value}) needs --rehearsal-data, the dataset to rehearse: {trainer.data_uri} has no "
@@ -46,11 +46,11 @@ def rehearsal_share(trainer: Any, rank: int, world_size: int) -> int | None:
             f"config key {key!r} ({value}) rehearses {trainer.rehearsal}, which holds no sample (a rehearsal set "
             "leaves out every sample showing a held-out concept); pass another --rehearsal-data or set it to 0"
         )
-    fraction = trainer.recipe.rehearsal_fraction
+    fraction = trainer.settings.rehearsal_fraction
     counts = rehearsal_counts(trainer.micro, world_size, fraction)
     if fraction and not (sum(counts) > 0 and max(counts) < trainer.micro):
         raise ConfigError(
-            f"config key 'train.{trainer.name}.rehearsal_fraction' ({fraction}) gives {sum(counts)} of the "
+            f"config key 'train.{trainer.recipe}.rehearsal_fraction' ({fraction}) gives {sum(counts)} of the "
             f"{trainer.micro * world_size} samples of a step's micro-batches to rehearsal, at most "
             f"{max(counts)} of a rank's {trainer.micro}; it must leave at least one sample to each side"
         )

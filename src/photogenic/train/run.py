@@ -143,7 +143,7 @@ def train(
         base=base,
         run=run,
         progress=progress,
-        name=recipe,
+        recipe=recipe,
         judges=judges,
         rehearsal=rehearsal,
     )

@@ -80,16 +80,16 @@ class Trainer:
     base: str | None = None
     run: Any = None
     progress: bool = True
-    name: str = ""
+    recipe: str = ""
     judges: str | None = None
     rehearsal: str | None = None
     dist: Dist = field(init=False)
-    recipe: RecipeConfig = field(init=False)
+    settings: RecipeConfig = field(init=False)
 
     def __post_init__(self) -> None:
-        self.recipe = getattr(self.config.train, self.name)
+        self.settings = getattr(self.config.train, self.recipe)
         self.workdir = Path(self.config.workspace, "cache").resolve()
-        self.early_stopping = EarlyStopping(self.recipe.patience)
+        self.early_stopping = EarlyStopping(self.settings.patience)
 
     supports_rehearsal = False  # recipes whose batches may mix in a rehearsal dataset
 
@@ -115,7 +115,7 @@ class Trainer:
 
     def validation_score(self, step: int) -> float:
         """The early-stopping criterion (higher is better); recipes with `validate_every` define it."""
-        raise ConfigError(f"recipe {self.name} has no validation criterion; set train.{self.name}.validate_every=0")
+        raise ConfigError(f"recipe {self.recipe} has no validation criterion; set train.{self.recipe}.validate_every=0")
 
     def best_weights(self) -> dict[str, torch.Tensor]:
         """The weights early stopping keeps when a validation improves (CPU copies)."""
@@ -141,7 +141,7 @@ class Trainer:
     def signature(self) -> dict[str, Any]:
         """What a checkpoint must share with this run to be resumed by it."""
         return {
-            "recipe": self.name,
+            "recipe": self.recipe,
             "model": fingerprint(self.model_settings(self.config.model)),
             "image_size": self.image_size,
             "zero_stage": zero_stage(self.config.train, self.dist.world_size),
@@ -153,21 +153,21 @@ class Trainer:
     def build(self) -> None:
         self.dist = setup_distributed(self.config.train.collective_timeout_s)
         torch.manual_seed(self.config.train.seed)  # the same initial weights on every rank
-        self.micro = micro_batch_size(self.recipe, self.dist.world_size, self.name)
+        self.micro = micro_batch_size(self.settings, self.dist.world_size, self.recipe)
         self.image_size = self.config.world.image_size
         self.model = self.build_model().to(self.dist.device)  # may set the image size of a given model
-        freeze_matching(self.model, self.recipe.frozen_params, f"train.{self.name}.frozen_params")
+        freeze_matching(self.model, self.settings.frozen_params, f"train.{self.recipe}.frozen_params")
         self.data = self._rank_data(self.data_uri)
         self.rehearsal_data, self.rehearsal_count = self._load_rehearsal()
         self.prepare(self.data)
         self.engine, self.optimizer, self.scheduler = wrap(
-            self.model, self.config.train, self.recipe, self.name, self.dist.world_size
+            self.model, self.config.train, self.settings, self.recipe, self.dist.world_size
         )
         self.checkpoints = Checkpoints(
             store=open_store(join_uri(self.out, "checkpoints"), self.config.storage),
             local_dir=self.workdir / "checkpoints" / fingerprint(self.out)[:12],
             dist=self.dist,
-            keep=self.recipe.keep_checkpoints,
+            keep=self.settings.keep_checkpoints,
             signature=self.signature(),
         )
 
@@ -186,7 +186,7 @@ class Trainer:
     def batch_indices(self, step: int, micro: int) -> torch.Tensor:
         """Indices of one micro-batch: the training set's, then the rehearsal set's, offset by the training
         set's length (a recipe that rehearses indexes the two one after the other)."""
-        seed, accum = self.config.train.seed + self.dist.rank, self.recipe.grad_accum_steps
+        seed, accum = self.config.train.seed + self.dist.rank, self.settings.grad_accum_steps
         own = self.data.indices(step, micro, self.micro - self.rehearsal_count, accum, seed)
         if self.rehearsal_data is None or not self.rehearsal_count:
             return own
@@ -194,7 +194,7 @@ class Trainer:
         return torch.cat([own, rehearsed + len(self.data)])
 
     def batch_generator(self, step: int) -> Any:
-        for micro in range(self.recipe.grad_accum_steps):
+        for micro in range(self.settings.grad_accum_steps):
             yield micro, self.batch_indices(step, micro)
 
     def forward_backward_step(self, batch: Any, step: int, micro: int) -> float:
@@ -216,10 +216,10 @@ class Trainer:
         """Score the model, keep its weights if best so far; True when patience has run out."""
         score, best = self.validation_score(done), self.early_stopping
         stop = best.update(done, score, self.best_weights)
-        log.info("%s step %d: validation %.4f (best %.4f at step %d)", self.name, done, score, best.score, best.step)
+        log.info("%s step %d: validation %.4f (best %.4f at step %d)", self.recipe, done, score, best.score, best.step)
         if self.dist.is_main and self.run is not None:
             self.run.log_metrics(
-                {f"{self.name}.validation": score, f"{self.name}.best_validation": best.score}, step=done
+                {f"{self.recipe}.validation": score, f"{self.recipe}.best_validation": best.score}, step=done
             )
         return stop
 
@@ -239,15 +239,15 @@ class Trainer:
                 self.early_stopping.load_state_dict(state["best"])
             self.load_client_state(state)
         if self.dist.is_main and self.run is not None:
-            ds = deepspeed_config(self.config.train, self.recipe, self.name, self.dist.world_size)
-            self.run.log_dict(ds, f"deepspeed/{self.name}.json")
+            ds = deepspeed_config(self.config.train, self.settings, self.recipe, self.dist.world_size)
+            self.run.log_dict(ds, f"deepspeed/{self.recipe}.json")
             if start:
                 self.run.set_tags({"photogenic.resumed_from_step": start})
         loss = float("nan")
-        bar = _progress(self.recipe.steps, start, f"{self.name}", self.progress and self.dist.is_main)
+        bar = _progress(self.settings.steps, start, f"{self.recipe}", self.progress and self.dist.is_main)
         window_start, window_steps = time.perf_counter(), 0
-        stop, stopped = self.recipe.steps, False
-        if self.recipe.validate_every and self.early_stopping.exhausted:
+        stop, stopped = self.settings.steps, False
+        if self.settings.validate_every and self.early_stopping.exhausted:
             stop, stopped = start, True  # resumed after an early stop
         for step in range(start, stop):
             loss = self.train_step(step)
@@ -255,35 +255,44 @@ class Trainer:
             window_steps += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if self.dist.is_main and self.run is not None and (done % 10 == 0 or done == self.recipe.steps):
+            if self.dist.is_main and self.run is not None and (done % 10 == 0 or done == self.settings.steps):
                 elapsed = time.perf_counter() - window_start
                 self.run.log_metrics(
                     {
-                        f"{self.name}.loss": loss,
-                        f"{self.name}.lr": self.scheduler.get_last_lr()[0],
-                        f"{self.name}.samples_per_s": window_steps * self.recipe.global_batch_size / max(elapsed, 1e-9),
-                        **{f"{self.name}.{k}": v for k, v in self.step_metrics().items()},
+                        f"{self.recipe}.loss": loss,
+                        f"{self.recipe}.lr": self.scheduler.get_last_lr()[0],
+                        f"{self.recipe}.samples_per_s": window_steps
+                        * self.settings.global_batch_size
+                        / max(elapsed, 1e-9),
+                        **{f"{self.recipe}.{k}": v for k, v in self.step_metrics().items()},
                     },
                     step=done,
                 )
                 window_start, window_steps = time.perf_counter(), 0
-            if self.recipe.checkpoint_every and done % self.recipe.checkpoint_every == 0 and done < self.recipe.steps:
+            if (
+                self.settings.checkpoint_every
+                and done % self.settings.checkpoint_every == 0
+                and done < self.settings.steps
+            ):
                 self._save(done)
-            if self.recipe.sample_every and done % self.recipe.sample_every == 0 and self.dist.is_main:
+            if self.settings.sample_every and done % self.settings.sample_every == 0 and self.dist.is_main:
                 self.log_samples(done)
-            validate = self.recipe.validate_every and (
-                done % self.recipe.validate_every == 0 or done == self.recipe.steps
+            validate = self.settings.validate_every and (
+                done % self.settings.validate_every == 0 or done == self.settings.steps
             )
             if validate and self._validate(done):
                 log.info(
-                    "%s: no better validation in %d rounds; stopping at step %d", self.name, self.recipe.patience, done
+                    "%s: no better validation in %d rounds; stopping at step %d",
+                    self.recipe,
+                    self.settings.patience,
+                    done,
                 )
                 self._save(done)
                 stopped = True
                 break
         bar.close()
         if start < stop and not stopped:
-            self._save(self.recipe.steps)
+            self._save(self.settings.steps)
         if self.early_stopping.weights is not None:
             self.load_best_weights(self.early_stopping.weights)
         result = self._export(model_uri, start, loss, time.perf_counter() - started)
@@ -300,8 +309,8 @@ class Trainer:
                 self.export(Path(tmp))
                 drop_local_paths(Path(tmp))
                 meta = {
-                    "recipe": self.name,
-                    "steps": self.recipe.steps,
+                    "recipe": self.recipe,
+                    "steps": self.settings.steps,
                     "data": self.data.fingerprint,
                     "data_uri": self.data_uri,
                     "base": self.base,
@@ -314,24 +323,24 @@ class Trainer:
                 manifest_uri, version = publish_model_dir(Path(tmp), model_uri, meta, self.config)
             if self.run is not None:
                 self.run.set_tags(
-                    {f"photogenic.model.{self.name}": version, f"photogenic.model.{self.name}_uri": model_uri}
+                    {f"photogenic.model.{self.recipe}": version, f"photogenic.model.{self.recipe}_uri": model_uri}
                 )
-                self.log_samples(self.recipe.steps)
-        trained = self.recipe.steps - start
+                self.log_samples(self.settings.steps)
+        trained = self.settings.steps - start
         return TrainResult(
-            recipe=self.name,
-            steps=self.recipe.steps,
+            recipe=self.recipe,
+            steps=self.settings.steps,
             model_uri=model_uri,
             manifest_uri=manifest_uri,
             fingerprint=version,
             resumed_from=start or None,
             final_loss=loss,
             seconds=seconds,
-            samples_per_s=trained * self.recipe.global_batch_size / max(seconds, 1e-9),
+            samples_per_s=trained * self.settings.global_batch_size / max(seconds, 1e-9),
         )
 
     def _finished(self, model_uri: str) -> TrainResult | None:
-        return finished_model(self.name, self.recipe.steps, model_uri, self.config)
+        return finished_model(self.recipe, self.settings.steps, model_uri, self.config)
 
 
 def finished_model(recipe: str, steps: int, model_uri: str, config: Config) -> TrainResult | None:
