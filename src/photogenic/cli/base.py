@@ -85,7 +85,9 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--preset, --config, --workspace and trailing `key=value` overrides, resolved into `config: Config`."""
 
     @click.option("--preset", "-p", default=None, help=f"Named preset: {', '.join(PRESETS)} (default: demo).")
-    @click.option("--config", "-c", "config_file", type=click.Path(dir_okay=False), help="YAML config file.")
+    @click.option(
+        "--config", "-c", "config_file", type=click.Path(dir_okay=False), help="YAML config file (a path or store URI)."
+    )
     @click.option("--workspace", "-w", envvar="PHOTOGENIC_WORKSPACE", help="Workspace folder (store, MLflow, reports).")
     @click.argument("overrides", nargs=-1)
     @functools.wraps(fn)
