@@ -1,7 +1,8 @@
 """KFP v2 components: one typed shell per stage, each calling one function of `photogenic.tasks`.
 
 Installed as `photogenic.components` (see pyproject.toml's package-dir). Components run in the images
-named in `images.json`; nothing is pip-installed at run time (`install_kfp_package=False`).
+named in `images.json`; nothing is pip-installed at run time (`install_kfp_package=False`). `artifacts`
+copies their manifests and reports into KFP output artifacts.
 """
 
 from photogenic.components.data import ingest_partition, merge_ingest, plan_ingest, validate

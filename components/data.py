@@ -62,10 +62,11 @@ def merge_ingest(config_uri: str, source: str, parts: list, parent_run_id: str, 
         uri: the manifest URI; version: the dataset's content fingerprint; result: counts and timing.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     result = tasks.merge_ingest(config, source, parts, parent_run_id)
-    tasks.publish_artifact(dataset, result["manifest_uri"], config)
+    publish_artifact(dataset, result["manifest_uri"], config)
     return (result["manifest_uri"], result["fingerprint"], result)
 
 
@@ -90,10 +91,11 @@ def validate(
         uri: the clean dataset's manifest URI; version: its fingerprint; result: counts and report URI.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import copy_report, publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.validate_data(config, data_uri, parent_run_id)
-    tasks.publish_artifact(dataset, result["manifest_uri"], config, input_version=data_version)
-    tasks.copy_report(result["report_uri"], report, config)
+    publish_artifact(dataset, result["manifest_uri"], config, input_version=data_version)
+    copy_report(result["report_uri"], report, config)
     return (result["manifest_uri"], result["fingerprint"], result)

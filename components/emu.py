@@ -23,11 +23,12 @@ def judges(config_uri: str, purpose: str, judge_set: Output[Artifact]) -> NamedT
         uri: the judge set's folder; version: its fingerprint; result: the validation metrics.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.train_judges(config, purpose, parent_run_id)
-    tasks.publish_artifact(judge_set, result["manifest_uri"], config, purpose=purpose, **result["metrics"])
+    publish_artifact(judge_set, result["manifest_uri"], config, purpose=purpose, **result["metrics"])
     return (result["uri"], result["fingerprint"], result)
 
 
@@ -62,13 +63,14 @@ def curate(
         manifest URI; result: the funnel.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import copy_report, publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.curate_data(config, data_uri, judges_uri, parent_run_id, approved)
-    tasks.publish_artifact(dataset, result["manifest_uri"], config)
-    tasks.publish_artifact(rehearsal_set, result["rehearsal_uri"], config)
-    tasks.copy_report(result["report_uri"], funnel, config)
+    publish_artifact(dataset, result["manifest_uri"], config)
+    publish_artifact(rehearsal_set, result["rehearsal_uri"], config)
+    copy_report(result["report_uri"], funnel, config)
     return (result["manifest_uri"], result["fingerprint"], result["rehearsal_uri"], result)
 
 
@@ -103,11 +105,12 @@ def evaluate(
         uri: the evaluation's manifest URI; result: the metrics and the judges' verdict.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import copy_report
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.evaluate_models(config, model_a, model_b, judges_uri, parent_run_id, curation_judges_uri)
-    tasks.copy_report(result["report_uri"], report, config)
+    copy_report(result["report_uri"], report, config)
     return (result["manifest_uri"], result)
 
 

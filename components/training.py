@@ -38,11 +38,12 @@ def train(
         uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
     result = tasks.train_model(config, recipe, data_uri, base, judges, parent_run_id, rehearsal)
-    tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
+    publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)
 
 
@@ -94,6 +95,7 @@ def launch_training(
         uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
     """
     from photogenic import tasks
+    from photogenic.components.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
@@ -116,5 +118,5 @@ def launch_training(
         timeout_s=timeout_hours * 3600,
         rehearsal=rehearsal,
     )
-    tasks.publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
+    publish_artifact(model, result["manifest_uri"], config, recipe=recipe)
     return (result["model_uri"], result["fingerprint"], result)

@@ -343,26 +343,3 @@ def _integral(value: Any, key: str = "") -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
-
-
-def publish_artifact(artifact: Any, manifest_uri: str, config: Config, **metadata: Any) -> None:
-    """Copy a stage's small manifest into a KFP output artifact (the data stays in the store) and
-    describe it in the artifact's metadata: the store URI, the version and the counts."""
-    from photogenic.manifest import read_manifest
-
-    manifest = read_manifest(manifest_uri, config.storage)
-    with open(artifact.path, "w", encoding="utf-8") as f:
-        f.write(manifest.to_json())
-    artifact.metadata.update(
-        {"store_uri": manifest_uri, "version": manifest.fingerprint, "counts": dict(manifest.counts), **metadata}
-    )
-
-
-def copy_report(uri: str, artifact: Any, config: Config) -> None:
-    """Copy a report (HTML, images inline) from the store into a KFP output artifact, for the KFP UI."""
-    from photogenic.storage import open_store, split_parent
-
-    folder, name = split_parent(uri)
-    with open(artifact.path, "wb") as f:
-        f.write(open_store(folder, config.storage).get_bytes(name))
-    artifact.metadata["store_uri"] = uri
