@@ -1,8 +1,9 @@
 """KFP v2 components: one typed shell per stage, each calling one function of `photogenic.tasks`.
 
 Installed as `photogenic.components` (see pyproject.toml's package-dir). Components run in the images
-named in `images.json`; nothing is pip-installed at run time (`install_kfp_package=False`). `artifacts`
-copies their manifests and reports into KFP output artifacts.
+named in `images.json`; nothing is pip-installed at run time (`install_kfp_package=False`). They copy
+manifests and reports into KFP output artifacts with `photogenic.artifacts` (outside this package: a
+running component must not import the others, whose `@dsl.component` the executor's kfp lacks).
 """
 
 from photogenic.components.data import ingest_partition, merge_ingest, plan_ingest, validate

@@ -62,7 +62,7 @@ def merge_ingest(config_uri: str, source: str, parts: list, parent_run_id: str, 
         uri: the manifest URI; version: the dataset's content fingerprint; result: counts and timing.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import publish_artifact
+    from photogenic.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     result = tasks.merge_ingest(config, source, parts, parent_run_id)
@@ -91,7 +91,7 @@ def validate(
         uri: the clean dataset's manifest URI; version: its fingerprint; result: counts and report URI.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import copy_report, publish_artifact
+    from photogenic.artifacts import copy_report, publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id

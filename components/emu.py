@@ -23,7 +23,7 @@ def judges(config_uri: str, purpose: str, judge_set: Output[Artifact]) -> NamedT
         uri: the judge set's folder; version: its fingerprint; result: the validation metrics.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import publish_artifact
+    from photogenic.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
@@ -63,7 +63,7 @@ def curate(
         manifest URI; result: the funnel.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import copy_report, publish_artifact
+    from photogenic.artifacts import copy_report, publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
@@ -105,7 +105,7 @@ def evaluate(
         uri: the evaluation's manifest URI; result: the metrics and the judges' verdict.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import copy_report
+    from photogenic.artifacts import copy_report
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id

@@ -38,7 +38,7 @@ def train(
         uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import publish_artifact
+    from photogenic.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
@@ -95,7 +95,7 @@ def launch_training(
         uri: the model folder; version: the model's fingerprint; result: steps, loss, timing.
     """
     from photogenic import tasks
-    from photogenic.components.artifacts import publish_artifact
+    from photogenic.artifacts import publish_artifact
 
     config = tasks.task_config(config_uri)
     parent_run_id = tasks.parent_run_id(config)  # by the run id, not an input: see tasks.parent_run_id
