@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -173,15 +174,22 @@ def pytest_report_header(config: pytest.Config) -> str:
 # trains, curates or evaluates goes to its own workspace: nothing here is written after it is built.
 
 
+@contextmanager
+def _without_isolated_env() -> Iterator[None]:
+    """Session fixtures run before `_isolated_env`: they clear the same variables themselves."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in _ISOLATED_ENV:
+            mp.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The shared workspace, and a validated tiny world and a 2-step autoencoder in it."""
     from tests.helpers import tiny_world_and_autoencoder
 
     ws = tmp_path_factory.mktemp("tiny-shared")
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _ISOLATED_ENV:
-            mp.delenv(name, raising=False)
+    with _without_isolated_env():
         data, ae = tiny_world_and_autoencoder(ws)
     return {"ws": ws, "data": data, "ae": ae}
 
@@ -193,9 +201,7 @@ def tiny_pretrained(tiny_shared: dict[str, Any]) -> str:
     from tests.helpers import tiny_config
 
     config = tiny_config(tiny_shared["ws"])
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _ISOLATED_ENV:
-            mp.delenv(name, raising=False)
+    with _without_isolated_env():
         return train("pretrain", config, tiny_shared["data"], base=tiny_shared["ae"], progress=False).model_uri
 
 
@@ -206,7 +212,5 @@ def tiny_judges(tiny_shared: dict[str, Any]) -> dict[str, Any]:
     from tests.helpers import tiny_config
 
     config = tiny_config(tiny_shared["ws"])
-    with pytest.MonkeyPatch.context() as mp:
-        for name in _ISOLATED_ENV:
-            mp.delenv(name, raising=False)
+    with _without_isolated_env():
         return {p: train_judges(config, p) for p in ("curation", "evaluation")}
