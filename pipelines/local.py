@@ -37,6 +37,8 @@ __all__ = ["run_locally", "LocalRunError"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _ENDED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+# "... [progress] pretrain: step 1200/4000 ..." (photogenic.progress), in any log format: echoed to the console
+_PROGRESS = re.compile(r"\[progress\] (.+)$")
 _EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit|Interrupt|Failure)\b.*?: .+)$")
 
 
@@ -109,6 +111,9 @@ class _Progress(io.TextIOBase):
             if status != "SUCCESS":
                 self.failed.append((name, self._error_of(task)))
             return
+        if m := _PROGRESS.search(line):  # a long task's progress line (photogenic.progress)
+            self.console.write(f"       {time.strftime('%H:%M:%S')}  {m.group(1)}\n")
+            self.console.flush()
         if self.current:
             self.tails[self.current].append(line)
 

@@ -52,6 +52,15 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
         assert f"] {task} " in result.stderr
     last = result.stderr.rstrip().splitlines()[-1]
     assert "] close-run " in last and " ok " in last
+    # Long tasks' progress lines reach the console (each loop's final line at least).
+    for line in (
+        "ingest partition 1/2: image",
+        "judges (curation): rendering: image 384/384 (100%)",
+        "judges (evaluation): training: batch",
+        "pretrain: step 2/2 (100%), loss",
+        "evaluate: drawing model A: image",
+    ):
+        assert line in result.stderr, line
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
     assert "visual appeal" in result.stdout and "NOT TRUSTWORTHY" in result.stdout  # tiny judges are below the bar
 

@@ -27,6 +27,7 @@ from photogenic.config import Config, ConfigError, to_dict
 from photogenic.judges import CONCEPTS, ClipJudge, Judge, load_judge
 from photogenic.manifest import Manifest, ObjectRef, manifest_file, read_manifest, stage_output
 from photogenic.panel import explain_all, panel_votes
+from photogenic.progress import Progress
 from photogenic.prompts import SPLITS, Prompt, Split, benchmark_prompts, load_prompts, sampling_seeds
 from photogenic.report import report_html, side_by_side
 from photogenic.storage import join_uri
@@ -54,12 +55,15 @@ log = logging.getLogger(__name__)
 _EVAL_VERSION = 3  # 2: wins-minus-losses intervals (the gate reads them); 3: the panel rates world models
 
 
-def generate(pipe: Any, prompts: list[Prompt], seeds: list[int], config: Config) -> list[Any]:
+def generate(pipe: Any, prompts: list[Prompt], seeds: list[int], config: Config, name: str = "") -> list[Any]:
     """One image per (prompt, seed), every prompt with every seed, in that order."""
     from photogenic.models.pipeline import draw
 
     jobs = [(p.text, s) for p in prompts for s in seeds]
-    return draw(pipe, jobs, config.evaluate.sampling_steps, config.evaluate.guidance_scale)
+    progress = Progress(f"evaluate: drawing {name or 'images'}", len(jobs), "image")
+    images = draw(pipe, jobs, config.evaluate.sampling_steps, config.evaluate.guidance_scale, progress=progress)
+    progress.close()
+    return images
 
 
 def _faithful(judge: Judge, scores: dict[str, np.ndarray], prompts: list[Prompt], seeds: int) -> np.ndarray:
@@ -396,7 +400,7 @@ def evaluate(
     seeds = sampling_seeds(config, split_name)
     images = {}
     for name, uri in (("a", a), ("b", b)):
-        images[name] = generate(load_model_pipeline(uri, config), prompts, seeds, config)
+        images[name] = generate(load_model_pipeline(uri, config), prompts, seeds, config, f"model {name.upper()}")
     judged = judge_pairs(judge, images["a"], images["b"], prompts, len(seeds), config)
     validity = judge.meta.get("metrics", {})
     proxies = {"judges": judged}

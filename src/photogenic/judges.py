@@ -32,6 +32,7 @@ from torch import nn
 
 from photogenic.config import Config, ConfigError, WorldConfig, fingerprint, to_dict
 from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, stage_output
+from photogenic.progress import Progress
 from photogenic.storage import open_store
 from photogenic.world import BACKGROUNDS, COLORS, SHAPES, WORLD_VERSION, labelled_renders
 
@@ -181,8 +182,10 @@ def _loss(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Ten
     return loss
 
 
-def fit(net: JudgeNet, images: np.ndarray, labels: dict[str, np.ndarray], config: Config, seed: int) -> list[float]:
-    """Train `net` on renders; returns the mean loss of each epoch."""
+def fit(
+    net: JudgeNet, images: np.ndarray, labels: dict[str, np.ndarray], config: Config, seed: int, what: str = "judges"
+) -> list[float]:
+    """Train `net` on renders; returns the mean loss of each epoch. Logs progress as `what`."""
     j = config.judges
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(images)
@@ -192,6 +195,7 @@ def fit(net: JudgeNet, images: np.ndarray, labels: dict[str, np.ndarray], config
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=j.learning_rate, total_steps=steps, pct_start=0.1)
     net.train()
     losses = []
+    progress = Progress(what, steps, "batch", samples_per_unit=j.batch_size)
     for _ in range(j.epochs):
         perm = torch.randperm(len(x), generator=gen)
         total, count = 0.0, 0
@@ -206,7 +210,9 @@ def fit(net: JudgeNet, images: np.ndarray, labels: dict[str, np.ndarray], config
             opt.step()
             sched.step()
             total, count = total + loss.item(), count + 1
+            progress.update(epoch=len(losses) + 1, loss=loss.item())
         losses.append(total / max(count, 1))
+    progress.close()
     net.eval()
     return losses
 
@@ -312,9 +318,10 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
     width, blocks, seed = judge_architecture(config, purpose)
     torch.manual_seed(seed)
     world = judge_world(config, purpose)
-    images, labels = labelled_renders(world, 0, world.num_samples)
+    with Progress(f"judges ({purpose}): rendering", world.num_samples, "image") as progress:
+        images, labels = labelled_renders(world, 0, world.num_samples, progress)
     net = JudgeNet(width, blocks=blocks)
-    losses = fit(net, images, labels, config, seed)
+    losses = fit(net, images, labels, config, seed, what=f"judges ({purpose}): training")
     meta = {
         "version": _JUDGE_VERSION,
         "purpose": purpose,
@@ -327,7 +334,9 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
     }
     judge = Judge(net, meta)
     holdout = judge_world(config, purpose, holdout=True)
-    metrics = validate_judge(judge, *labelled_renders(holdout, 0, holdout.num_samples), config.evaluate.tie_margin)
+    with Progress(f"judges ({purpose}): rendering held-out", holdout.num_samples, "image") as progress:
+        renders = labelled_renders(holdout, 0, holdout.num_samples, progress)
+    metrics = validate_judge(judge, *renders, config.evaluate.tie_margin)
     meta.update(metrics=metrics, losses=losses, request=request)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(net.state_dict(), Path(tmp, "judge.pt"))

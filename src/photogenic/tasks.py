@@ -140,9 +140,7 @@ def ingest_partition(config: Config, source: str, partition: Mapping[str, Any], 
     """Ingest one partition into its own shards (a child run per partition)."""
     index, count = int(partition["index"]), int(partition["count"])
     fields = {"index": index, "count": count}
-    result = run_stage(
-        "ingest-partition", config, parent_run_id, fields, source=source, progress=False, partition=(index, count)
-    )
+    result = run_stage("ingest-partition", config, parent_run_id, fields, source=source, partition=(index, count))
     return plain(result_dict(result))
 
 
@@ -178,7 +176,6 @@ def train_model(
         base=base or None,
         judges=judges or None,
         rehearsal=rehearsal or None,
-        progress=False,
     )
     return plain(result_dict(result))
 

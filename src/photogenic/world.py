@@ -14,12 +14,15 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from photogenic.config import WorldConfig
+
+if TYPE_CHECKING:
+    from photogenic.progress import Progress
 
 __all__ = [
     "WORLD_VERSION",
@@ -489,10 +492,13 @@ def render_sample(config: WorldConfig, index: int) -> WorldSample:
     return WorldSample(index=index, key=key, image=_png(image), caption=caption, oracle=oracle)
 
 
-def labelled_renders(config: WorldConfig, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def labelled_renders(
+    config: WorldConfig, start: int, stop: int, progress: Progress | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Renders `start`..`stop` as a uint8 array (N, 3, H, W) with their oracle labels: `appeal`, `text`
     (an overlay is present), and `shape`, `color`, `background` as indices into SHAPES, COLORS and
-    BACKGROUNDS. Judges learn from these; the haystack's own oracle stays in its sidecar."""
+    BACKGROUNDS. Judges learn from these; the haystack's own oracle stays in its sidecar. `progress`
+    counts the renders."""
     images, appeal, text, shape, color, background = [], [], [], [], [], []
     colors, backgrounds = list(COLORS), list(BACKGROUNDS)
     for index in range(start, stop):
@@ -503,6 +509,8 @@ def labelled_renders(config: WorldConfig, start: int, stop: int) -> tuple[np.nda
         shape.append(SHAPES.index(scene.shape))
         color.append(colors.index(scene.color))
         background.append(backgrounds.index(scene.background))
+        if progress is not None:
+            progress.update()
     labels = {
         "appeal": np.asarray(appeal, dtype=np.float32),
         "text": np.asarray(text, dtype=np.float32),

@@ -23,6 +23,7 @@ from photogenic.data.imaging import NearDuplicateIndex, inspect_image
 from photogenic.data.shards import ShardSink, scratch_dir
 from photogenic.data.sources import Chunk, RawRecord, Source, SourceError, load_chunk, make_source
 from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, stage_output
+from photogenic.progress import Progress
 from photogenic.storage import Store, join_uri, open_store
 
 __all__ = [
@@ -388,7 +389,7 @@ def ingest(
         config: the resolved config (`world` for the world source, `data` for shards and dedup).
         out: dataset URI; default `<store root>/datasets/ingest-<request fingerprint>`.
         run: an optional tracking Run for counts and throughput.
-        progress: show a progress bar on a terminal.
+        progress: log a progress line every few seconds (`photogenic.progress`).
         partition: `(index, count)`: ingest only that block of the source's chunks, de-duplicated
             within it and listing each sample's hashes for `merge_partitions` (default out:
             `<the whole dataset's URI>/parts/<index>-of-<count>`).
@@ -411,11 +412,10 @@ def ingest(
         _log_result(run, result)
         return result
 
-    from tqdm import tqdm
-
+    what = "ingest" if partition is None else f"ingest partition {partition[0] + 1}/{partition[1]}"
     with scratch_dir("ingest") as tmp:
         ingestor = _Ingestor(config, store, Path(tmp), partitioned=partition is not None)
-        bar = tqdm(total=src.count(), unit="img", desc="ingest", disable=None if progress else True, smoothing=0.1)
+        bar = Progress(what, src.count(), "image", enabled=progress)
         try:
             for prepared in bounded_map(_prepare_chunk, src.chunks(), config.data.workers):
                 for item in prepared:
@@ -425,8 +425,7 @@ def ingest(
             ingestor.samples.close(upload=False)
             ingestor.quarantine.close(upload=False)
             raise
-        finally:
-            bar.close()
+        bar.close()
         manifest = ingestor.finish(src, request)
     if partition is None:  # a partition may hold only orphans: the merge checks the whole
         _check_not_empty(manifest, src, store, ingestor.first_reasons)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from PIL import Image
+
+if TYPE_CHECKING:
+    from photogenic.progress import Progress
 
 __all__ = ["PhotogenicPipeline", "draw", "image_grid", "load_pipeline", "pipeline_class"]
 
@@ -110,10 +113,15 @@ def load_pipeline(model_dir: Any) -> DiffusionPipeline:
 
 @torch.no_grad()
 def draw(
-    pipe: DiffusionPipeline, jobs: list[tuple[str, int]], steps: int, guidance: float, batch: int = 32
+    pipe: DiffusionPipeline,
+    jobs: list[tuple[str, int]],
+    steps: int,
+    guidance: float,
+    batch: int = 32,
+    progress: Progress | None = None,
 ) -> list[Image.Image]:
     """One image per (prompt, seed) job, in order, `batch` jobs per call; a seed always starts from the
-    same noise, whatever the batch it falls in."""
+    same noise, whatever the batch it falls in. `progress` counts the images drawn."""
     images: list[Image.Image] = []
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
@@ -123,6 +131,8 @@ def draw(
             guidance_scale=guidance,
             generator=[torch.Generator().manual_seed(s) for _, s in chunk],
         ).images
+        if progress is not None:
+            progress.update(len(chunk))
     return images
 
 

@@ -14,7 +14,7 @@ from photogenic.config import Config, ConfigError, ModelConfig
 from photogenic.models.io import load_model_dir
 from photogenic.train.data import RankData
 from photogenic.train.deepspeed_config import gathered_copy
-from photogenic.train.trainer import Trainer, seeded
+from photogenic.train.trainer import Trainer, phase, seeded
 
 __all__ = ["DiffusionTrainer", "validation_jobs", "SAMPLE_PROMPTS"]
 
@@ -96,6 +96,7 @@ class DiffusionTrainer(Trainer):
             self.ema = EMAModel(
                 self.model.parameters(),
                 decay=self.settings.ema_decay,
+                foreach=True,  # one batched update of all tensors, not a Python loop over 200 of them
                 model_cls=UNet2DConditionModel,
                 model_config=self.model.config,
             )
@@ -109,7 +110,8 @@ class DiffusionTrainer(Trainer):
             for start in range(0, len(images_u8), 256):
                 images = images_u8[start : start + 256].float().div(127.5).sub(1.0).to(self.dist.device)
                 chunks.append((self.vae.encode(images).latent_dist.mode() * factor).cpu())
-        self.latents = torch.cat(chunks)
+        self.latents = torch.cat(chunks).to(self.dist.device)  # the step gathers its batch on the device
+        self.timesteps = self.noise.config.num_train_timesteps
         self.teacher = None
         if self.settings.guidance_preservation:  # the base U-Net, frozen, outside the engine
             import copy
@@ -132,49 +134,55 @@ class DiffusionTrainer(Trainer):
         if len(unique) > _CAPTION_CACHE_MAX:
             return
         index = {c: i for i, c in enumerate(unique)}
-        self.caption_ids = torch.tensor([index[c] for c in captions])
+        self.caption_ids = torch.tensor([index[c] for c in captions], device=self.dist.device)
         self.empty_caption = index[""]
-        states = [self.text.encode(unique[i : i + 256], self.dist.device).cpu() for i in range(0, len(unique), 256)]
+        states = [self.text.encode(unique[i : i + 256], self.dist.device) for i in range(0, len(unique), 256)]
         self.caption_states = torch.cat(states)
 
     def _context(self, batch: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
         if self.caption_states is not None:
             ids = torch.where(drop, self.empty_caption, self.caption_ids[batch])
-            return self.caption_states[ids].to(self.dist.device)
+            return self.caption_states[ids]
         captions = ["" if d else self.captions[i] for i, d in zip(batch.tolist(), drop.tolist(), strict=True)]
         return self.text.encode(captions, self.dist.device)
 
     def compute_loss(self, batch: torch.Tensor, step: int, micro: int) -> torch.Tensor:
-        gen = seeded(self.config.train.seed, step, micro, self.dist.rank)
-        latents = self.latents[batch].to(self.dist.device)
-        drop = torch.rand(len(batch), generator=gen) < self.settings.caption_dropout
-        context = self._context(batch, drop)
-        noise = torch.randn(latents.shape, generator=gen)
-        if self.settings.noise_offset:
-            # Noise offset (paper: 0.02 in pretraining, 0.1 in quality-tuning) lets the model shift
-            # overall brightness, which plain Gaussian noise hides from it.
-            noise = noise + self.settings.noise_offset * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
-        noise = noise.to(self.dist.device)
-        t = torch.randint(0, self.noise.config.num_train_timesteps, (len(batch),), generator=gen).to(self.dist.device)
-        noisy = self.noise.add_noise(latents, noise, t)
-        if self.noise.config.prediction_type == "v_prediction":
-            target = self.noise.get_velocity(latents, noise, t)
-        else:
-            target = noise
-        dtype = next(self.engine.module.parameters()).dtype
-        n = self.preserve_count
-        if n:  # one forward: the batch, then n of its noisy latents under rehearsed captions and under none
-            captions = self.preservation_indices(step, micro)
-            kept = self._context(captions, torch.zeros(n, dtype=torch.bool))
-            empty = self._context(captions, torch.ones(n, dtype=torch.bool))
-            noisy_all = torch.cat([noisy, noisy[:n], noisy[:n]])
-            t_all = torch.cat([t, t[:n], t[:n]])
-            context = torch.cat([context, kept, empty])
-        else:
-            noisy_all, t_all = noisy, t
-        out = self.engine(noisy_all.to(dtype), t_all, encoder_hidden_states=context.to(dtype)).sample
-        pred = out[: len(batch)]
-        loss = self._denoising_loss(pred, target, t)
+        device = self.dist.device
+        # Every draw on the training device, in one fixed order (the same numbers on CPU as drawn there before)
+        gen = seeded(self.config.train.seed, step, micro, self.dist.rank, device)
+        batch = batch.to(device)
+        with phase("data"):
+            latents = self.latents[batch]
+            drop = torch.rand(len(batch), generator=gen, device=device) < self.settings.caption_dropout
+            context = self._context(batch, drop)
+        with phase("noise"):
+            noise = torch.randn(latents.shape, generator=gen, device=device)
+            if self.settings.noise_offset:
+                # Noise offset (paper: 0.02 in pretraining, 0.1 in quality-tuning) lets the model shift
+                # overall brightness, which plain Gaussian noise hides from it.
+                offset = torch.randn((*latents.shape[:2], 1, 1), generator=gen, device=device)
+                noise = noise + self.settings.noise_offset * offset
+            t = torch.randint(0, self.timesteps, (len(batch),), generator=gen, device=device)
+            noisy = self.noise.add_noise(latents, noise, t)
+            if self.noise.config.prediction_type == "v_prediction":
+                target = self.noise.get_velocity(latents, noise, t)
+            else:
+                target = noise
+            n = self.preserve_count
+            if n:  # one forward: the batch, then n of its noisy latents under rehearsed captions and under none
+                captions = self.preservation_indices(step, micro).to(device)
+                kept = self._context(captions, torch.zeros(n, dtype=torch.bool, device=device))
+                empty = self._context(captions, torch.ones(n, dtype=torch.bool, device=device))
+                noisy_all = torch.cat([noisy, noisy[:n], noisy[:n]])
+                t_all = torch.cat([t, t[:n], t[:n]])
+                context = torch.cat([context, kept, empty])
+            else:
+                noisy_all, t_all = noisy, t
+        with phase("forward"):
+            dtype = self.engine_dtype
+            out = self.engine(noisy_all.to(dtype), t_all, encoder_hidden_states=context.to(dtype)).sample
+            pred = out[: len(batch)]
+            loss = self._denoising_loss(pred, target, t)
         if not n:
             return loss
         student = out[len(batch) :].float()
@@ -185,6 +193,10 @@ class DiffusionTrainer(Trainer):
         preservation = F.mse_loss(student[:n] - student[n:], (teacher[:n] - teacher[n:]).float())
         self.last_preservation = float(preservation.detach())
         return loss + self.settings.guidance_preservation * preservation
+
+    @property
+    def engine_dtype(self) -> torch.dtype:
+        return next(self.engine.module.parameters()).dtype
 
     def step_metrics(self) -> dict[str, float]:
         return {"guidance_preservation_loss": self.last_preservation} if self.preserve_count else {}

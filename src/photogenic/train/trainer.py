@@ -19,6 +19,7 @@ import torch
 from photogenic.config import Config, ConfigError, ModelConfig, RecipeConfig, fingerprint, to_dict
 from photogenic.manifest import ManifestError, read_manifest
 from photogenic.models.io import drop_local_paths, publish_model_dir
+from photogenic.progress import Progress
 from photogenic.storage import join_uri, open_store
 from photogenic.train.checkpoint import Checkpoints
 from photogenic.train.data import RankData, load_rank_data
@@ -32,6 +33,7 @@ __all__ = [
     "TrainResult",
     "finished_model",
     "freeze_matching",
+    "phase",
     "seeded",
 ]
 
@@ -54,8 +56,16 @@ class TrainResult:
     reused: bool = False
 
 
-def seeded(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
+def phase(name: str) -> Any:
+    """A named span of the training step: free outside a profiler, a labelled row in a torch profiler's
+    table and trace inside one (`bench/profile_step.py`, `bench/gpu_profile.py`)."""
+    return torch.profiler.record_function(f"step/{name}")
+
+
+def seeded(seed: int, step: int, micro: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one micro-batch's random draws, on `device` (a CUDA generator draws other numbers
+    than a CPU one from the same seed, but as deterministically)."""
+    return torch.Generator(device).manual_seed(((seed * 1_000_003 + step) * 1_009 + micro) * 1_013 + rank)
 
 
 @dataclass
@@ -199,13 +209,16 @@ class Trainer:
 
     def forward_backward_step(self, batch: Any, step: int, micro: int) -> float:
         loss = self.compute_loss(batch, step, micro)
-        self.engine.backward(loss)
-        self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
+        with phase("backward"):
+            self.engine.backward(loss)
+        with phase("optimizer"):
+            self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
         return float(loss.detach())
 
     def train_step(self, step: int) -> float:
         losses = [self.forward_backward_step(idx, step, micro) for micro, idx in self.batch_generator(step)]
-        self.after_step(step)
+        with phase("ema"):
+            self.after_step(step)
         return sum(losses) / len(losses)
 
     def _save(self, step: int) -> None:
@@ -244,7 +257,14 @@ class Trainer:
             if start:
                 self.run.set_tags({"photogenic.resumed_from_step": start})
         loss = float("nan")
-        bar = _progress(self.settings.steps, start, f"{self.recipe}", self.progress and self.dist.is_main)
+        progress = Progress(
+            self.recipe,
+            self.settings.steps,
+            "step",
+            start,
+            self.settings.global_batch_size,
+            enabled=self.progress and self.dist.is_main,
+        )
         window_start, window_steps = time.perf_counter(), 0
         stop, stopped = self.settings.steps, False
         if self.settings.validate_every and self.early_stopping.exhausted:
@@ -253,8 +273,7 @@ class Trainer:
             loss = self.train_step(step)
             done = step + 1
             window_steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            progress.update(1, loss=loss)
             if self.dist.is_main and self.run is not None and (done % 10 == 0 or done == self.settings.steps):
                 elapsed = time.perf_counter() - window_start
                 self.run.log_metrics(
@@ -290,7 +309,7 @@ class Trainer:
                 self._save(done)
                 stopped = True
                 break
-        bar.close()
+        progress.close()
         if start < stop and not stopped:
             self._save(self.settings.steps)
         if self.early_stopping.weights is not None:
@@ -387,11 +406,3 @@ def freeze_matching(model: torch.nn.Module, pattern: str, key: str) -> list[str]
         params[name].requires_grad_(False)
     log.info("frozen: %d of %d parameter tensors match %r", len(frozen), len(params), pattern)
     return frozen
-
-
-def _progress(total: int, start: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, initial=start, desc=desc, unit="step", disable=None if enabled else True, dynamic_ncols=True
-    )
