@@ -5,7 +5,9 @@
 Generates a 64 px world, ingests it, trains the autoencoder and pretrains the `gpu` preset U-Net
 for a few hundred steps, then reports samples/s, median step time, and model FLOPs utilisation
 (FLOPs of one training step counted by torch's FlopCounterMode, over the median step time, against
-the GPU's dense bf16 peak). `--text-encoder DIR` points at a text encoder to use; throughput does not
+the GPU's dense bf16 peak), then profiles 10 more steps: CPU and GPU time of each phase of the step
+(data, noise, forward, backward, optimizer, EMA), the busiest kernels and a Chrome trace.
+`--text-encoder DIR` points at a text encoder to use; throughput does not
 depend on its weights, so a randomly initialised model of MiniLM's shape serves where the packaged
 weights cannot travel.
 """
@@ -21,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -45,6 +48,33 @@ def text_encoder_dir(src: str | None, work: Path) -> str:
     return str(target)
 
 
+def profile_steps(trainer: Any, first: int, steps: int, trace: Path) -> tuple[dict[str, tuple[float, float]], list]:
+    """Per-step CPU and GPU milliseconds of each labelled phase of the trainer's step (`step/data` ...
+    `step/ema`), the 12 busiest GPU kernels, and a Chrome trace of the profiled steps at `trace`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            trainer.train_step(first + i)
+        torch.cuda.synchronize()
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace))
+    events = prof.key_averages()
+
+    def gpu_ms(e: Any) -> float:
+        return getattr(e, "device_time_total", getattr(e, "cuda_time_total", 0.0)) / 1e3 / steps
+
+    phases = {
+        e.key.removeprefix("step/"): (e.cpu_time_total / 1e3 / steps, gpu_ms(e))
+        for e in events
+        if e.key.startswith("step/")
+    }
+    phases["whole step"] = (sum(c for c, _ in phases.values()), sum(g for _, g in phases.values()))
+    self_gpu = [(e.key, getattr(e, "self_device_time_total", 0.0) / 1e3 / steps) for e in events]
+    kernels = sorted((kv for kv in self_gpu if kv[1] > 0), key=lambda kv: -kv[1])[:12]
+    return phases, kernels
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=20_000)
@@ -53,6 +83,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--text-encoder", default=None)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_check.md"))
+    parser.add_argument("--profile-steps", type=int, default=10)
+    parser.add_argument("--trace", default=str(Path(__file__).parent / "results" / "gpu_trace.json"))
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this check needs a CUDA GPU"
 
@@ -123,6 +155,9 @@ def main() -> None:
         peak_memory_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
     )
 
+    phases, kernels = profile_steps(trainer, args.steps, args.profile_steps, Path(args.trace))
+    report["profiled_steps"] = args.profile_steps
+
     # FLOPs of one training step of the denoiser at this batch (forward + backward).
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -160,6 +195,22 @@ def main() -> None:
         f"MFU counts the denoiser's forward and backward FLOPs at batch {args.batch} (FlopCounterMode) over the median",
         f"step time after 10 warm-up steps, against a dense bf16 peak of {_peak(gpu) / 1e12:.0f} TFLOP/s. The step",
         "also encodes captions with the frozen text encoder, which the FLOP count leaves out.",
+        "",
+        f"## Where a step goes (torch profiler, {args.profile_steps} steps after training, ms per step)",
+        "",
+        "CPU: time the host spends in the phase (launching kernels included); GPU: kernel time the phase",
+        f"queued. A step whose CPU time exceeds its GPU time is host-bound. Trace: `{args.trace}`",
+        "(open in https://ui.perfetto.dev).",
+        "",
+        "| phase | CPU ms | GPU ms |",
+        "|---|---:|---:|",
+        *(f"| {name} | {cpu:.1f} | {gpu_ms:.1f} |" for name, (cpu, gpu_ms) in phases.items()),
+        "",
+        "Busiest GPU kernels (ms per step):",
+        "",
+        "| kernel | ms |",
+        "|---|---:|",
+        *(f"| `{name[:90]}` | {ms:.2f} |" for name, ms in kernels),
         "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

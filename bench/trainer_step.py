@@ -1,6 +1,6 @@
 """The whole trainer step against a bare PyTorch loop on the same model and batch, and where the step's time goes.
 
-    .venv/bin/python bench/trainer_step.py [--preset demo] [--recipe pretrain] [--steps 20]
+    .venv/bin/python bench/trainer_step.py [--preset demo] [--recipe pretrain] [--pairs 30]
 
 The trainer side is `DiffusionTrainer.train_step`, exactly as training runs it: batch indices, latents and
 caption states gathered, caption dropout, noise and timesteps drawn, the min-SNR weighted loss, forward,
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from photogenic.config import load_config
 from photogenic.data.ingest import ingest
 from photogenic.data.validate import validate
+from photogenic.train.deepspeed_config import adamw
 from photogenic.train.diffusion import DiffusionTrainer
 from photogenic.train.run import train
 
@@ -72,7 +73,7 @@ def bare_loop(trainer: DiffusionTrainer) -> Any:
     unet = copy.deepcopy(trainer.model).float().train()  # what the trainer freezes stays frozen
     params = [p for p in unet.parameters() if p.requires_grad]
     s = trainer.settings
-    opt = torch.optim.AdamW(params, lr=s.learning_rate, weight_decay=s.weight_decay)
+    opt = adamw(params, s)  # the trainer's optimizer, fused
     idx = trainer.batch_indices(0, 0)
     g = torch.Generator().manual_seed(0)
     x = trainer.latents[idx]
@@ -91,13 +92,16 @@ def bare_loop(trainer: DiffusionTrainer) -> Any:
     return step
 
 
-def timed(step: Any, n: int, warmup: int) -> list[float]:
-    times = []
-    for i in range(warmup + n):
-        start = time.perf_counter()
-        step(i)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+def timed_pairs(sides: dict[str, Any], pairs: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each side's step, the sides taking turns step by step (drift on a shared machine hits
+    every side alike)."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for i in range(warmup + pairs):
+        for name, step in sides.items():
+            start = time.perf_counter()
+            step(i)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -121,9 +125,8 @@ def main() -> None:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--recipe", default="pretrain", choices=["pretrain", "quality_tune"])
     parser.add_argument("--samples", type=int, default=2_048)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile-steps", type=int, default=5)
     parser.add_argument("--workspace", default=str(Path("build", "bench-workspace").resolve()))
     parser.add_argument("--override", action="append", default=[], help="a config override (repeatable)")
@@ -134,16 +137,12 @@ def main() -> None:
     data, base = inputs(args.preset, overrides, args.recipe)
     trainer = build_trainer(args.preset, overrides, args.recipe, data, base)
     bare = bare_loop(trainer)
-    rounds: dict[str, list[float]] = {"bare loop": [], "trainer step": []}
-    per_round = args.steps + args.warmup
-    for r in range(args.rounds):  # interleaved, so drift hits both sides
-        rounds["bare loop"].append(statistics.median(timed(lambda i: bare(), args.steps, args.warmup)))
-        trainer_times = timed(lambda i, r=r: trainer.train_step(r * per_round + i), args.steps, args.warmup)
-        rounds["trainer step"].append(statistics.median(trainer_times))
-        print({k: [round(v, 4) for v in vs] for k, vs in rounds.items()}, flush=True)
-    best = {k: min(v) for k, v in rounds.items()}
+    times = timed_pairs({"bare loop": lambda i: bare(), "trainer step": trainer.train_step}, args.pairs, args.warmup)
+    best = {k: statistics.median(v) for k, v in times.items()}
     ratio = best["trainer step"] / best["bare loop"]
-    phases, ops = profile(trainer, args.profile_steps, args.rounds * per_round)
+    pair_ratios = [a / b for a, b in zip(times["trainer step"], times["bare loop"], strict=True)]
+    q1, _, q3 = statistics.quantiles(pair_ratios, n=4)
+    phases, ops = profile(trainer, args.profile_steps, args.pairs + args.warmup)
     measured = sum(phases.get(p, 0.0) for p in PHASES)
 
     s = trainer.settings
@@ -157,15 +156,16 @@ def main() -> None:
         f"- model: `{args.preset}` preset U-Net, {params / 1e6:.2f} M parameters, latent "
         f"{tuple(trainer.latents.shape[1:])}; batch {s.global_batch_size}; EMA {s.ema_decay}; 1 process",
         f"- command: `.venv/bin/python bench/trainer_step.py --preset {args.preset} --recipe {args.recipe} "
-        f"--steps {args.steps}" + "".join(f" --override {o}" for o in args.override) + "`",
-        f"- each figure: the median step time over {args.steps} steps after {args.warmup} warm-up steps; "
-        f"best of {args.rounds} interleaved rounds",
+        f"--pairs {args.pairs}" + "".join(f" --override {o}" for o in args.override) + "`",
+        f"- each figure: the median of {args.pairs} step times after {args.warmup} warm-up steps, the two sides "
+        "taking turns step by step",
         "",
         "| side | step time (s) | vs bare loop |",
         "|---|---:|---:|",
         *(f"| {name} | {seconds:.4f} | {seconds / best['bare loop']:.3f} |" for name, seconds in best.items()),
         "",
-        f"**Whole trainer step / bare loop = {ratio:.3f}** (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'})",
+        f"**Whole trainer step / bare loop = {ratio:.3f}** (target <= 1.05: {'met' if ratio <= 1.05 else 'NOT met'}); "
+        f"step-by-step ratios: median {statistics.median(pair_ratios):.3f}, quartiles {q1:.3f}-{q3:.3f}",
         "",
         f"## Where the trainer's step goes (torch profiler, {args.profile_steps} steps, ms per step)",
         "",

@@ -9,7 +9,17 @@ import torch
 
 from photogenic.config import ConfigError, RecipeConfig, TrainConfig
 
-__all__ = ["micro_batch_size", "zero_stage", "deepspeed_config", "use_bf16", "lr_lambda", "wrap", "gathered_copy"]
+__all__ = [
+    "adamw",
+    "clips_in_trainer",
+    "micro_batch_size",
+    "zero_stage",
+    "deepspeed_config",
+    "use_bf16",
+    "lr_lambda",
+    "wrap",
+    "gathered_copy",
+]
 
 
 def micro_batch_size(recipe: RecipeConfig, world_size: int, name: str) -> int:
@@ -40,6 +50,14 @@ def zero_stage(train: TrainConfig, world_size: int) -> int:
     return train.zero_stage if world_size > 1 or train.zero_on_one_rank else 0
 
 
+def clips_in_trainer(train: TrainConfig, world_size: int) -> bool:
+    """Whether the trainer clips gradients itself (`torch.nn.utils.clip_grad_norm_`, one batched norm)
+    instead of DeepSpeed (a Python loop over tensors, 8 ms of a 0.47 s demo step on CPU, measured): without
+    ZeRO and in fp32 the engine's parameters hold the reduced gradients, so the two clip the same values.
+    ZeRO's partitions and bf16's fp32 gradient buffers are DeepSpeed's to clip."""
+    return zero_stage(train, world_size) == 0 and not use_bf16(train)
+
+
 def deepspeed_config(train: TrainConfig, recipe: RecipeConfig, name: str, world_size: int) -> dict[str, Any]:
     """DeepSpeed's JSON config for one recipe. The optimizer and LR schedule are client objects
     (torch AdamW, LambdaLR): DeepSpeed's own Adam would JIT-build a fused op on first use."""
@@ -56,7 +74,7 @@ def deepspeed_config(train: TrainConfig, recipe: RecipeConfig, name: str, world_
         "train_batch_size": recipe.global_batch_size,
         "train_micro_batch_size_per_gpu": micro_batch_size(recipe, world_size, name),
         "gradient_accumulation_steps": recipe.grad_accum_steps,
-        "gradient_clipping": recipe.grad_clip,
+        "gradient_clipping": 0.0 if clips_in_trainer(train, world_size) else recipe.grad_clip,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": use_bf16(train)},
@@ -88,8 +106,7 @@ def wrap(
     """
     import deepspeed
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, betas=(0.9, 0.999))
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], recipe)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe))
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model,
@@ -97,7 +114,20 @@ def wrap(
         lr_scheduler=scheduler,
         config=deepspeed_config(train, recipe, name, world_size),
     )
+    if world_size == 1 and zero_stage(train, world_size) == 0:
+        # One rank has no gradients to average: skip the flatten, all-reduce and unflatten of every
+        # gradient after each backward (about 7 ms of a 0.5 s demo step on CPU, measured). ZeRO's
+        # optimizers gather their partitions' gradients in that same call, so they keep it.
+        engine.enable_backward_allreduce = False
     return engine, optimizer, scheduler
+
+
+def adamw(params: list[torch.nn.Parameter], recipe: RecipeConfig) -> torch.optim.AdamW:
+    """The recipe's AdamW, fused: one kernel over all tensors instead of a loop of small ops per tensor
+    (on CPU as on GPU; 7% of a demo step on 2 CPU cores, measured)."""
+    return torch.optim.AdamW(
+        params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, betas=(0.9, 0.999), fused=True
+    )
 
 
 def gathered_copy(engine: Any) -> torch.nn.Module:

@@ -16,7 +16,7 @@ from photogenic.train.data import RankData
 from photogenic.train.deepspeed_config import gathered_copy
 from photogenic.train.trainer import Trainer, phase, seeded
 
-__all__ = ["DiffusionTrainer", "validation_jobs", "SAMPLE_PROMPTS"]
+__all__ = ["DiffusionTrainer", "ema_update", "validation_jobs", "SAMPLE_PROMPTS"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,6 @@ class DiffusionTrainer(Trainer):
             self.ema = EMAModel(
                 self.model.parameters(),
                 decay=self.settings.ema_decay,
-                foreach=True,  # one batched update of all tensors, not a Python loop over 200 of them
                 model_cls=UNet2DConditionModel,
                 model_config=self.model.config,
             )
@@ -220,7 +219,7 @@ class DiffusionTrainer(Trainer):
 
         params = list(self.engine.module.parameters())
         with deepspeed.zero.GatheredParameters(params, enabled=self.engine.zero_optimization_stage() == 3):
-            self.ema.step(params)
+            ema_update(self.ema, params)
 
     def client_state(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict()} if self.ema is not None else {}
@@ -305,6 +304,20 @@ class DiffusionTrainer(Trainer):
 
         images = self._draw([(p, i) for i, p in enumerate(SAMPLE_PROMPTS)])
         self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.recipe}_step{step:06d}.png")
+
+
+@torch.no_grad()
+def ema_update(ema: Any, params: list[torch.nn.Parameter]) -> None:
+    """diffusers' `EMAModel.step`, as one `lerp` over all trained tensors: shadow += (1 - decay) * (param -
+    shadow), with the model's decay schedule. The library's form takes two passes and a temporary per
+    tensor, and copies every frozen tensor again each step (they never change: the shadow has them from
+    the start)."""
+    ema.optimization_step += 1
+    decay = ema.get_decay(ema.optimization_step)
+    ema.cur_decay_value = decay
+    pairs = [(s, p) for s, p in zip(ema.shadow_params, params, strict=True) if p.requires_grad]
+    if pairs:
+        torch._foreach_lerp_([s for s, _ in pairs], [p.detach().to(s.dtype) for s, p in pairs], 1.0 - decay)
 
 
 _CAPTION_CACHE_MAX = 100_000

@@ -23,7 +23,7 @@ from photogenic.progress import Progress
 from photogenic.storage import join_uri, open_store
 from photogenic.train.checkpoint import Checkpoints
 from photogenic.train.data import RankData, load_rank_data
-from photogenic.train.deepspeed_config import deepspeed_config, micro_batch_size, wrap, zero_stage
+from photogenic.train.deepspeed_config import clips_in_trainer, deepspeed_config, micro_batch_size, wrap, zero_stage
 from photogenic.train.distributed import Dist, setup_distributed
 from photogenic.train.early_stopping import EarlyStopping
 from photogenic.train.rehearsal import REHEARSAL_SEED, rehearsal_share
@@ -173,6 +173,8 @@ class Trainer:
         self.engine, self.optimizer, self.scheduler = wrap(
             self.model, self.config.train, self.settings, self.recipe, self.dist.world_size
         )
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.clip = self.settings.grad_clip if clips_in_trainer(self.config.train, self.dist.world_size) else 0.0
         self.checkpoints = Checkpoints(
             store=open_store(join_uri(self.out, "checkpoints"), self.config.storage),
             local_dir=self.workdir / "checkpoints" / fingerprint(self.out)[:12],
@@ -212,6 +214,8 @@ class Trainer:
         with phase("backward"):
             self.engine.backward(loss)
         with phase("optimizer"):
+            if self.clip and self.engine.is_gradient_accumulation_boundary():
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
             self.engine.step()  # DeepSpeed steps the optimizer at the accumulation boundary
         return float(loss.detach())
 
