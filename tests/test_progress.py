@@ -34,9 +34,7 @@ def test_a_line_every_interval_with_rate_eta_and_fields(caplog: pytest.LogCaptur
     lines = _lines(caplog)
     assert seconds == pytest.approx(50.0)
     assert len(lines) == 2  # one at 30 s (step 60), the final one
-    assert lines[0] == (
-        "[progress] pretrain: step 60/100 (60%), loss 0.0167, 128.0 samples/s, 30s elapsed, ETA 20s"
-    )
+    assert lines[0] == ("[progress] pretrain: step 60/100 (60%), loss 0.0167, 128.0 samples/s, 30s elapsed, ETA 20s")
     assert lines[1].startswith("[progress] pretrain: step 100/100 (100%), loss 0.0100, 128.0 samples/s, 50s elapsed")
     assert lines[1].endswith(", done") and "ETA" not in lines[1]
 
