@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from photogenic.config import load_config
 from photogenic.models import build_unet, latent_size
-from photogenic.train.deepspeed_config import wrap
+from photogenic.train.deepspeed_config import adamw, wrap
 from photogenic.train.distributed import setup_distributed
 
 
@@ -39,7 +39,7 @@ def bare(config, steps: int, warmup: int) -> list[float]:  # noqa: ANN001
     torch.manual_seed(0)
     recipe = config.train.pretrain
     unet = build_unet(config.model, latent_size(config.model, config.world.image_size), 384)
-    opt = torch.optim.AdamW(unet.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    opt = adamw(list(unet.parameters()), recipe)  # the trainer's AdamW (fused), so only DeepSpeed differs
     x, t, ctx, target = _inputs(config, recipe.global_batch_size)
     times = []
     for i in range(warmup + steps):
@@ -114,11 +114,12 @@ def main() -> None:
         "",
         "The trainer's default on one rank is the ZeRO-0 row: with `train.zero_on_one_rank=false` (the",
         "default) a single-rank job runs DeepSpeed without ZeRO, since one rank has nothing to partition.",
-        "Where ZeRO-1/2 time goes on one CPU rank (cProfile, demo U-Net, batch 64): per-parameter",
-        "gradient hooks that copy each gradient into the flat partition buffer (about 27 ms a step) and",
-        "the flat fp32 optimizer step with its grad-norm and parameter copy-back (about 43 ms a step,",
-        "against about 15 ms for the bare loop's AdamW). `overlap_comm`/`contiguous_gradients` only",
-        "help with CUDA streams and are turned on on GPUs only. ZeRO-3 adds parameter gathering.",
+        "Both sides use the trainer's fused AdamW. Where ZeRO-1/2 time went on one CPU rank (cProfile,",
+        "demo U-Net, batch 64, 2026-11-28, unfused AdamW then): per-parameter gradient hooks that copy each",
+        "gradient into the flat partition buffer (about 27 ms a step) and the flat fp32 optimizer step with",
+        "its grad-norm and parameter copy-back (about 43 ms a step, against about 15 ms for the bare loop's",
+        "AdamW). `overlap_comm`/`contiguous_gradients` only help with CUDA streams and are turned on on GPUs",
+        "only. ZeRO-3 adds parameter gathering. The whole trainer step: bench/results/trainer_step_*.md.",
         "",
     ]
     Path(args.out).write_text("\n".join(lines))

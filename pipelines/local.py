@@ -62,6 +62,7 @@ class _Progress(io.TextIOBase):
     current: str = ""
     failed: list[tuple[str, str]] = field(default_factory=list)
     done: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # display name -> seconds (parallel tasks summed)
     # kfp.local runs a ParallelFor's tasks in threads that all print here, and `print` writes a line's
     # text and its newline in separate calls: lines are assembled per thread, under a lock (without
     # them, concurrent writes lost task-end lines and garbled the log file).
@@ -106,6 +107,7 @@ class _Progress(io.TextIOBase):
             self.done += 1
             mark = "ok" if status == "SUCCESS" else status
             name = self.names.get(task, task)
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
             self.console.write(f"  [{self.done:2d}] {name:<28s} {mark:<8s} {seconds:7.1f} s\n")
             self.console.flush()
             if status != "SUCCESS":
@@ -190,6 +192,7 @@ def run_locally(
     where = f"in containers of {containers.image}" if containers else "kfp.local"
     console.write(f"Running the pipeline locally ({where}); task output: {log_path}\n")
     pipeline = build(pipeline_version(), retries=retries)
+    started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         stack.enter_context(_run_id_env(f"local-{uuid.uuid4().hex}"))  # before the runner: containers take it
         runner = _runner(stack, pipeline, workspace, containers)
@@ -222,6 +225,8 @@ def run_locally(
         raise LocalRunError("summarize", f"the run finished but wrote no summary at {summary}", log_path)
     result = json.loads(summary.read_text())
     result["summary_path"], result["log_path"] = str(summary), str(log_path)
+    result["task_seconds"] = {name: round(s, 1) for name, s in progress.seconds.items()}
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
     # Replaced, not rewritten: in containers the summarize task (another user) owns the file.
     fresh = summary.with_name(f".{summary.name}.{uuid.uuid4().hex[:6]}")
     fresh.write_text(json.dumps(result, indent=2))

@@ -66,6 +66,10 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     st = summary["stages"]
+    # The summary says where the time went: every task's seconds, the two ingest partitions summed.
+    assert {"pretrain", "quality-tune", "ingest-partition", "evaluate"} <= set(summary["task_seconds"])
+    assert 0 < sum(summary["task_seconds"].values()) <= summary["wall_seconds"] * 2  # partitions may overlap
+    assert "  time: " in result.stdout and " in all; " in result.stdout
     assert st["validate"]["counts"]["input"] == st["ingest"]["counts"]["samples"]
     assert st["ingest"]["counts"]["input"] == 300
     assert st["curate"]["funnel"][0][1] == st["validate"]["counts"]["clean"]

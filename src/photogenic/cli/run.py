@@ -134,5 +134,18 @@ def format_summary(summary: dict[str, Any], config: Config) -> str:
         f"  summary:           {summary['summary_path']}",
         f"  task log:          {summary['log_path']}",
         f"  compare runs:      {summary['mlflow']['ui_command']}",
+        *_times(summary),
     ]
     return "\n".join(lines)
+
+
+def _times(summary: dict[str, Any]) -> list[str]:
+    """Where the run's time went: each task's seconds (a stage's parallel tasks summed), longest first."""
+    from photogenic.progress import format_duration
+
+    tasks = summary.get("task_seconds") or {}
+    if not tasks:
+        return []
+    longest = sorted(tasks.items(), key=lambda kv: -kv[1])
+    parts = ", ".join(f"{name} {format_duration(s)}" for name, s in longest if s >= 1)
+    return ["", f"  time: {format_duration(summary.get('wall_seconds', sum(tasks.values())))} in all; {parts}"]

@@ -228,6 +228,11 @@ class TrainConfig:
         False,
     )
     precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
+    cpu_threads: int = doc(
+        "Threads per rank on CPU: 0 adapts to the machine's load (not part of a run's identity); N pins N.",
+        0,
+        ge=0,
+    )
     collective_timeout_s: float = doc(
         "Seconds a rank waits in a collective before its process group fails (not part of a run's identity).",
         600.0,

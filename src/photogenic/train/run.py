@@ -26,7 +26,8 @@ RECIPES: dict[str, type[Trainer]] = {
 }
 
 
-_RUN_NEUTRAL = {"collective_timeout_s"}  # train settings that cannot change a run's result
+# Train settings that do not change what a run computes (threads change the last bits of sums at most)
+_RUN_NEUTRAL = {"collective_timeout_s", "cpu_threads"}
 
 
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from photogenic.train.deepspeed_config import clips_in_trainer, deepspeed_config
 from photogenic.train.distributed import Dist, setup_distributed
 from photogenic.train.early_stopping import EarlyStopping
 from photogenic.train.rehearsal import REHEARSAL_SEED, rehearsal_share
+from photogenic.train.threads import ThreadTuner
 
 __all__ = [
     "Trainer",
@@ -162,6 +163,7 @@ class Trainer:
 
     def build(self) -> None:
         self.dist = setup_distributed(self.config.train.collective_timeout_s)
+        self.threads = ThreadTuner(self.config.train.cpu_threads, enabled=self.dist.device.type == "cpu")
         torch.manual_seed(self.config.train.seed)  # the same initial weights on every rank
         self.micro = micro_batch_size(self.settings, self.dist.world_size, self.recipe)
         self.image_size = self.config.world.image_size
@@ -274,7 +276,9 @@ class Trainer:
         if self.settings.validate_every and self.early_stopping.exhausted:
             stop, stopped = start, True  # resumed after an early stop
         for step in range(start, stop):
+            step_start = time.perf_counter()
             loss = self.train_step(step)
+            self.threads.step_done(step, time.perf_counter() - step_start)
             done = step + 1
             window_steps += 1
             progress.update(1, loss=loss)
