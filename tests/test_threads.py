@@ -84,3 +84,15 @@ def test_available_cpus_is_at_least_one_and_at_most_the_machines() -> None:
     import os
 
     assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_a_resumed_run_probes_where_the_uninterrupted_run_did() -> None:
+    whole = _train(ThreadTuner(), 1_000, lambda step: IDLE)
+    tuner = ThreadTuner()
+    tuner.start_at(500)
+    resumed = []
+    for step in range(500, 1_000):
+        n = torch.get_num_threads()
+        resumed.append(n)
+        tuner.step_done(step, IDLE[n])
+    assert resumed == whole[500:]

@@ -7,9 +7,10 @@ step went from 0.50 s to 1.58 s (0.32x throughput), while one thread on the free
 contention.md). So the trainer keeps the thread count that steps fastest *now*: every so often it runs a
 few steps with half (or double) the threads and keeps whichever was faster.
 
-Probes fall on fixed step numbers, so two runs on an idle machine take the same path and write the same
-bits; a busy machine may change the thread count, and with it the last bits of the sums (a run's result
-is then as reproducible as its machine's load). `train.cpu_threads=N` pins N threads and never probes.
+Probes fall on fixed step numbers (a resumed run's too), so two runs whose machine stays as busy or as
+idle throughout take the same path and write the same bits; a change of load may change the thread count
+or trigger an early probe, and with it the last bits of the sums (a run is then as reproducible as its
+machine's load). `train.cpu_threads=N` pins N threads and never probes.
 """
 
 from __future__ import annotations
@@ -79,6 +80,15 @@ class ThreadTuner:
         self.going_down = True
         if enabled:
             torch.set_num_threads(self.current)
+
+    def start_at(self, step: int) -> None:
+        """A run resumed at `step` probes where the uninterrupted run would have on the same machine:
+        the schedule of probes that all lost (an idle machine's), from step 0."""
+        probe, gap = self.first_probe, self.first_probe
+        while probe < step:
+            gap = min(gap * 2, self.max_gap)
+            probe += self.probe_steps + gap
+        self.next_probe, self.gap = probe, gap
 
     def step_done(self, step: int, seconds: float) -> None:
         """Record step `step`'s time and set the thread count for the next step."""

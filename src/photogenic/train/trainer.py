@@ -262,6 +262,7 @@ class Trainer:
             self.run.log_dict(ds, f"deepspeed/{self.recipe}.json")
             if start:
                 self.run.set_tags({"photogenic.resumed_from_step": start})
+        self.threads.start_at(start)
         loss = float("nan")
         progress = Progress(
             self.recipe,
