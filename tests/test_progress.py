@@ -39,6 +39,18 @@ def test_a_line_every_interval_with_rate_eta_and_fields(caplog: pytest.LogCaptur
     assert lines[1].endswith(", done") and "ETA" not in lines[1]
 
 
+def test_the_last_unit_is_reported_once_by_close(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    caplog.set_level(logging.INFO, PROGRESS_LOGGER)
+    progress = Progress("evaluate: drawing model A", 64, "image", every_s=10, clock=clock)
+    clock.now += 30
+    progress.update(64)
+    progress.close()
+    assert _lines(caplog) == [
+        "[progress] evaluate: drawing model A: image 64/64 (100%), 2.13 images/s, 30s elapsed, done"
+    ]
+
+
 def test_a_resumed_loop_counts_its_rate_and_eta_from_its_own_units(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     caplog.set_level(logging.INFO, PROGRESS_LOGGER)

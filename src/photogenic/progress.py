@@ -85,7 +85,8 @@ class Progress:
         """`n` more units done; `fields` (e.g. loss=0.08) go into the next line."""
         self.done += n
         self.fields.update(fields)
-        if self.enabled and self.clock() - self.last >= self.every_s:
+        finished = self.total is not None and self.done >= self.total  # close() says that, once
+        if self.enabled and not finished and self.clock() - self.last >= self.every_s:
             self._emit()
 
     def close(self) -> float:
