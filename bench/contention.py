@@ -28,7 +28,7 @@ from photogenic.train.diffusion import DiffusionTrainer
 from photogenic.train.threads import available_cpus
 
 sys.path.insert(0, str(Path(__file__).parent))
-from trainer_step import bench_overrides, inputs  # noqa: E402
+from trainer_step import add_input_arguments, bench_overrides, inputs  # noqa: E402
 
 
 def run(preset: str, overrides: list[str], recipe: str, data: str, base: str, out: Path) -> tuple[float, list[int]]:
@@ -53,11 +53,8 @@ def run(preset: str, overrides: list[str], recipe: str, data: str, base: str, ou
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="demo")
-    parser.add_argument("--recipe", default="pretrain", choices=["pretrain", "quality_tune"])
-    parser.add_argument("--samples", type=int, default=2_048)
+    add_input_arguments(parser)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--workspace", default=str(Path("build", "bench-workspace").resolve()))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "contention.md"))
     args = parser.parse_args()
 

@@ -39,6 +39,14 @@ from photogenic.train.run import train
 PHASES = ("data", "noise", "forward", "backward", "optimizer", "ema")
 
 
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick a bench's inputs (`inputs`, `bench_overrides`): preset, recipe, world size, workspace."""
+    parser.add_argument("--preset", default="demo")
+    parser.add_argument("--recipe", default="pretrain", choices=["pretrain", "quality_tune"])
+    parser.add_argument("--samples", type=int, default=2_048)
+    parser.add_argument("--workspace", default=str(Path("build", "bench-workspace").resolve()))
+
+
 def bench_overrides(args: argparse.Namespace) -> list[str]:
     return [f"workspace={args.workspace}", f"world.num_samples={args.samples}", "train.autoencoder.steps=20"]
 
@@ -122,13 +130,10 @@ def profile(trainer: DiffusionTrainer, steps: int, first: int) -> tuple[dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="demo")
-    parser.add_argument("--recipe", default="pretrain", choices=["pretrain", "quality_tune"])
-    parser.add_argument("--samples", type=int, default=2_048)
+    add_input_arguments(parser)
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--profile-steps", type=int, default=5)
-    parser.add_argument("--workspace", default=str(Path("build", "bench-workspace").resolve()))
     parser.add_argument("--override", action="append", default=[], help="a config override (repeatable)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()

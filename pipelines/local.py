@@ -31,6 +31,7 @@ from photogenic.pipelines.containers import (
     use_image,
 )
 from photogenic.pipelines.containers import runner as container_runner
+from photogenic.progress import PROGRESS_MARK
 
 __all__ = ["run_locally", "LocalRunError"]
 
@@ -38,7 +39,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _ENDED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # "... [progress] pretrain: step 1200/4000 ..." (photogenic.progress), in any log format: echoed to the console
-_PROGRESS = re.compile(r"\[progress\] (.+)$")
+_PROGRESS = re.compile(re.escape(PROGRESS_MARK) + r"(.+)$")
 _EXCEPTION = re.compile(r"^\s*((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Exit|Interrupt|Failure)\b.*?: .+)$")
 
 

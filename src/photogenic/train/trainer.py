@@ -59,7 +59,7 @@ class TrainResult:
 
 def phase(name: str) -> Any:
     """A named span of the training step: free outside a profiler, a labelled row in a torch profiler's
-    table and trace inside one (`bench/profile_step.py`, `bench/gpu_profile.py`)."""
+    table and trace inside one (`bench/trainer_step.py`, `bench/gpu_check.py`)."""
     return torch.profiler.record_function(f"step/{name}")
 
 
