@@ -304,8 +304,8 @@ def test_stage_commands_log_to_mlflow(tmp_path: Path) -> None:
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("photogenic-quality-tuning")
     runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert runs["ingest"].data.metrics["ingest.samples"] == raw["counts"]["samples"]
-    assert runs["validate"].data.metrics["validate.clean"] == clean["counts"]["clean"]
+    assert runs["ingest"].data.metrics["ingest/samples"] == raw["counts"]["samples"]
+    assert runs["validate"].data.metrics["validate/clean"] == clean["counts"]["clean"]
     assert runs["validate"].data.tags["photogenic.dataset.clean"] == clean["fingerprint"]
     assert [a.path for a in client.list_artifacts(runs["validate"].info.run_id, "reports")] == [
         "reports/validation_report.html"

@@ -556,7 +556,7 @@ def _shard_manifest(
 def _log(run: Any, result: CurateResult, config: Config | None = None) -> None:
     if run is None:
         return
-    run.log_metrics({f"funnel/{i:02d}_{name}": count for i, (name, count) in enumerate(result.funnel)})
+    run.log_metrics({f"curate/funnel_{i:02d}_{name}": count for i, (name, count) in enumerate(result.funnel)})
     run.log_metrics({"curate/kept": result.funnel[-1][1], "curate/seconds": result.seconds})
     run.set_tags(
         {

@@ -391,7 +391,7 @@ def evaluate(
         result = EvaluateResult(
             manifest_uri, store.uri("report.html"), metrics, bool(previous.meta["trustworthy"]), 0.0, True
         )
-        _log(run, result, None)
+        _log(run, result, store)
         return result
 
     from photogenic.models.io import load_model_pipeline
@@ -530,12 +530,29 @@ def _funnel_of(model_uri: str, config: Config) -> list[tuple[str, int]]:
 
 
 def _log(run: Any, result: EvaluateResult, store: Any) -> None:
+    """Metrics, the report, the side-by-side grid (an image the UI compares across runs) and every comparison
+    table (an MLflow table: one row per comparison, overall, seen, held out, per category and concept)."""
     if run is None:
         return
     run.log_metrics({f"eval/{k}": v for k, v in result.metrics.items()})
     run.set_tags({"photogenic.eval.trustworthy": str(result.trustworthy).lower()})
-    if store is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name in ("report.html", "side_by_side.png", "results.json"):
-                store.get_file(name, Path(tmp, name))
-                run.log_artifact(Path(tmp, name), "evaluation")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("report.html", "side_by_side.png", "results.json"):
+            store.get_file(name, Path(tmp, name))
+            run.log_artifact(Path(tmp, name), "evaluation")
+        from PIL import Image
+
+        with Image.open(Path(tmp, "side_by_side.png")) as grid:
+            run.log_image_key(grid.convert("RGB"), "eval/side_by_side")
+        tables = json.loads(Path(tmp, "results.json").read_text())["tables"]
+    run.log_table(comparison_table(tables), "evaluation/comparisons.json")
+
+
+def comparison_table(tables: dict[str, dict[str, float]]) -> dict[str, list[Any]]:
+    """The rater of record's tables as columns: comparison, n, and each outcome with its 95% interval."""
+    rows = [(name, t) for name, t in sorted(tables.items()) if "win" in t]
+    columns: dict[str, list[Any]] = {"comparison": [n for n, _ in rows], "n": [int(t["n"]) for _, t in rows]}
+    for key in ("win", "tie", "loss", "net"):
+        for suffix in ("", "_lo", "_hi"):
+            columns[key + suffix] = [t.get(key + suffix) for _, t in rows]
+    return columns

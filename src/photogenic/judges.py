@@ -356,7 +356,7 @@ def _summary(metrics: dict[str, float]) -> str:
 
 def _log(run: Any, result: JudgeResult) -> None:
     if run is not None:
-        run.log_metrics({f"judge_{result.purpose}/{k}": v for k, v in result.metrics.items()})
+        run.log_metrics({f"judge/{k}": v for k, v in result.metrics.items()})
 
 
 def load_judge(uri: str, config: Config | None = None) -> Judge | ClipJudge:

@@ -7,11 +7,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from photogenic.config import Config
-from photogenic.tracking import Tracker
+from photogenic.tracking import Run, Tracker, using_tracking_uri
 
-__all__ = ["gate", "register_model"]
+__all__ = ["gate", "register_model", "GATE_RULES"]
 
 log = logging.getLogger(__name__)
+
+
+GATE_RULES = (
+    "appeal: the 95% lower bound of A's win rate is above 50%",
+    "faithfulness is not worse: the 95% interval of A's wins minus losses does not lie below zero, over the "
+    "benchmark and, when concepts were held out of the QT set, on their prompts alone",
+    "the rater of record is trustworthy: the panel explained most images (world models), or the imported "
+    "judges passed their validity check (real models)",
+)
 
 
 def gate(evaluation: Mapping[str, Any]) -> tuple[bool, str]:
@@ -66,7 +75,7 @@ def register_model(
     """
     passed, reason = gate(evaluation)
     tracker = Tracker(config)
-    with tracker.stage_run("register", parent_run_id or None) as run:
+    with tracker.stage_run("register", parent_run_id or None, sections=()) as run:  # it reads no setting
         client = tracker.client
         from mlflow.exceptions import MlflowException
 
@@ -74,22 +83,62 @@ def register_model(
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description="Quality-tuned text-to-image models (Photogenic).")
+        model_id, source_run = _mlflow_model(tracker, run, model, config)
         tags = {
             "photogenic.model": model["fingerprint"],
+            "photogenic.model_uri": model["model_uri"],
             "photogenic.gate": reason,
             "photogenic.report": evaluation.get("report_uri", ""),
             **{f"eval.{k}": f"{v:.4f}" for k, v in sorted(evaluation["metrics"].items()) if k.startswith("appeal_w")},
         }
-        version = client.create_model_version(name, source=model["model_uri"], run_id=run.run_id, tags=tags)
+        with using_tracking_uri(tracker.uri):  # MLflow's registry looks the model id up by the global URI
+            version = client.create_model_version(
+                name, source=f"models:/{model_id}", run_id=source_run, tags=tags, model_id=model_id
+            )
         if passed:
             client.set_registered_model_alias(name, alias, version.version)
-        run.set_tags({"photogenic.registered": f"{name}/{version.version}", "photogenic.gate": reason})
-        run.log_metrics({"register.champion": float(passed)})
+        verdict = {"photogenic.registered": f"{name}/{version.version}", "photogenic.gate": reason}
+        run.set_tags(verdict)
+        run.log_metrics({"register/champion": float(passed)})
+        if parent_run_id:
+            parent = Run(tracker, parent_run_id)
+            parent.set_tags(
+                {**verdict, "mlflow.note.content": _verdict_note(name, version.version, passed, alias, reason)}
+            )
+            parent.log_metrics({"register/champion": float(passed)})
     log.info("registered %s version %s (%s: %s)", name, version.version, alias if passed else "no alias", reason)
     return {
         "name": name,
         "version": str(version.version),
         "alias": alias if passed else "",
         "gate": reason,
-        "source": model["model_uri"],
+        "source": f"models:/{model_id}",
+        "model_uri": model["model_uri"],
     }
+
+
+def _mlflow_model(tracker: Tracker, run: Run, model: Mapping[str, Any], config: Config) -> tuple[str, str]:
+    """The MLflow model of the trained model: the one its training run logged (found by content version),
+    else, for a model trained without tracking, one logged now on the register run. Returns (model id, its
+    run id): the run that the registered version names as its source."""
+    from photogenic.serving import find_logged_model
+
+    logged = find_logged_model(tracker.client, tracker.experiment_id(), model["fingerprint"])
+    if logged is not None:
+        return logged.model_id, logged.source_run_id
+    log.info("no MLflow model of %s was logged by its training run; logging it on the register run", model["model_uri"])
+    sampling = config.evaluate
+    model_id = run.log_model(
+        model["model_uri"], model["fingerprint"], "quality_tune", sampling.sampling_steps, sampling.guidance_scale
+    )
+    if not model_id:
+        raise RuntimeError(f"could not log {model['model_uri']} as an MLflow model: {tracker.failures}")
+    return model_id, run.run_id or ""
+
+
+def _verdict_note(name: str, version: str, passed: bool, alias: str, reason: str) -> str:
+    """The parent run's description: what this pipeline run registered, and the gate's verdict."""
+    head = f"Registered **{name}** version {version}"
+    if passed:
+        return f"{head} as `@{alias}`: the registration gate passed."
+    return f"{head} without the `@{alias}` alias: the registration gate failed: {reason}."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from photogenic.config import Config
@@ -17,11 +18,13 @@ __all__ = ["side_by_side", "report_html"]
 
 
 def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[int], rows: int = 12) -> Any:
-    """A grid of `rows` prompts spread over the benchmark (first seed): A on the left, B on the right."""
+    """A grid of `rows` prompts spread over the benchmark (first seed): A on the left, B on the right, each
+    prompt whole beside its pair (wrapped), and prompts about held-out concepts marked."""
     from PIL import Image, ImageDraw, ImageFont
 
-    size, scale, label = a[0].width, 4, 190
-    cell = size * scale
+    rows = min(rows, len(prompts))
+    size, scale, label = a[0].width, 4, 200
+    cell = max(size * scale, 96)
     sheet = Image.new("RGB", (label + 2 * cell + 12, 16 + rows * (cell + 4)), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=11)
@@ -33,14 +36,20 @@ def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[
         y = 16 + r * (cell + 4)
         sheet.paste(a[j].resize((cell, cell), Image.NEAREST), (label, y))
         sheet.paste(b[j].resize((cell, cell), Image.NEAREST), (label + cell + 8, y))
-        draw.text((4, y + cell // 2 - 6), prompts[i].text[:34], fill=(20, 20, 20), font=font)
+        lines = textwrap.wrap(prompts[i].text, 30) or [""]
+        if prompts[i].held_out:
+            lines.append("[held out of QT]")
+        top = y + max(0, (cell - 13 * len(lines)) // 2)
+        for k, line in enumerate(lines):
+            colour = (170, 60, 0) if line == "[held out of QT]" else (20, 20, 20)
+            draw.text((4, top + 13 * k), line, fill=colour, font=font)
     return sheet
 
 
-def _png_tag(image: Any) -> str:
+def _png_tag(image: Any, alt: str) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
 def _table_html(tables: dict[str, dict[str, float]], names: list[str]) -> str:
@@ -53,6 +62,8 @@ def _table_html(tables: dict[str, dict[str, float]], names: list[str]) -> str:
         keys = ("win", "tie", "loss", "net") if "net" in t else ("win", "tie", "loss")
         cells = "".join(f"<td>{t[k]:.1%} [{t[k + '_lo']:.1%}, {t[k + '_hi']:.1%}]</td>" for k in keys)
         body.append(f"<tr><td>{html.escape(name)}</td><td>{int(t['n'])}</td>{cells}</tr>")
+    if not body:
+        return "<p><i>none</i></p>"
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -74,7 +85,8 @@ def report_html(
     side-by-side grid."""
     css = (
         "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}#verdict{border:2px solid #999;padding:0 1em;margin:1em 0}"
+        ".pass{color:#070}.fail{color:#b00}"
     )
     main = ["appeal", "faithfulness", "appeal/seen", "faithfulness/seen", "appeal/held_out", "faithfulness/held_out"]
     main += sorted(k for k in record.tables if k.split("/")[1:2] == ["category"])
@@ -137,11 +149,70 @@ def report_html(
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Photogenic evaluation</title>"
         f"<style>{css}</style></head><body><h1>A vs B ({html.escape(split)} split)</h1>"
+        f"{_verdict_html(metrics, record.trustworthy)}"
         f"<p>A (candidate): <code>{html.escape(a)}</code><br>B (reference): <code>{html.escape(b)}</code></p>"
         f"<p>Same prompt and seed for both; appeal judged without the prompt; faithfulness against the prompt, "
         f"both right or both wrong is a tie. Intervals: bootstrap 95% over prompts.</p>"
+        f"{_seen_html(config)}{_margin_html(record.tie_margin, judged is not None, config)}"
         f"{rater}<h2>Results (A's wins)</h2>{_table_html(record.tables, main)}{proxies}"
-        f"<h2>Side by side</h2>{_png_tag(grid)}"
-        f"<h2>Judge validity (held-out renders)</h2><table>{judge_rows}</table>{funnel_html}"
+        "<h2>Side by side</h2><p>The first seed of a dozen prompts spread over the benchmark; prompts about a "
+        f"held-out concept are marked.</p>{_png_tag(grid, 'side by side: A left, B right')}"
+        f"<h2>Judge validity (held-out renders)</h2>{_rows_or_none(judge_rows)}{funnel_html}"
         f"<h2>Per concept</h2>{_table_html(record.tables, per)}</body></html>"
     )
+
+
+def _verdict_html(metrics: dict[str, float], trustworthy: bool) -> str:
+    """The registration gate's verdict on these results, its reasons and its rules."""
+    from photogenic.registry import GATE_RULES, gate
+
+    passed, reason = gate({"metrics": metrics, "trustworthy": trustworthy})
+    rules = "".join(f"<li>{html.escape(r)}</li>" for r in GATE_RULES)
+    if passed:
+        head = "<p class='verdict pass'><b>Gate: PASSED.</b> A may become the registered champion.</p>"
+    else:
+        why = "".join(f"<li>{html.escape(r)}</li>" for r in reason.split("; "))
+        head = (
+            f"<p class='verdict fail'><b>Gate: FAILED.</b> A does not become the champion, because:</p><ul>{why}</ul>"
+        )
+    rules_html = f"<p>The gate's rules (on 95% interval bounds, never point estimates):</p><ul>{rules}</ul>"
+    return f"<div id='verdict'>{head}{rules_html}</div>"
+
+
+def _seen_html(config: Config) -> str:
+    held = list(config.curate.holdout_concepts)
+    if not held:
+        return (
+            "<p><b>Seen and held out:</b> no concept was held out of quality-tuning in this run, so every "
+            'prompt is about concepts its training set contains ("seen").</p>'
+        )
+    return (
+        f"<p><b>Seen and held out:</b> curation kept every image of the held-out concepts "
+        f'({html.escape(", ".join(held))}) out of the quality-tuning set. "Held out" rows are prompts that name one '
+        "of them: they test whether quality-tuning's gain generalises to what it never saw (the paper's claim); "
+        '"seen" rows are all other prompts.</p>'
+    )
+
+
+def _margin_html(margin: float, panel: bool, config: Config) -> str:
+    configured = config.evaluate.tie_margin
+    if panel:
+        why = (
+            f"each panel rater votes tie when the two images' perceived appeal is within "
+            f"<code>panel.rater_tie_margin</code> = {margin:g}; <code>evaluate.tie_margin</code> ({configured:g}) "
+            "applies to the learned judges' scores"
+        )
+    elif margin > configured:
+        why = (
+            f"the judges' own 95% noise margin on held-out renders ({margin:g}) is larger than "
+            f"<code>evaluate.tie_margin</code> ({configured:g}): a smaller gap than their noise is no verdict"
+        )
+    else:
+        why = f"<code>evaluate.tie_margin</code> as configured ({configured:g})"
+    return f"<p><b>Tie margin {margin:g}:</b> {why}.</p>"
+
+
+def _rows_or_none(rows: str) -> str:
+    if not rows:
+        return "<p><i>none</i></p>"
+    return f"<table>{rows}</table>"

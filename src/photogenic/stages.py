@@ -23,26 +23,46 @@ class Stage:
             result dataclass.
         run_name: the MLflow child run's name; `{recipe}`, `{purpose}`, `{index}` and `{count}` are
             filled from the stage's inputs.
+        sections: the config the stage reads (flat-key prefixes), logged as its run's params; a training
+            run logs its own recipe's section and the shared train settings (`stage_sections`).
     """
 
     function: str
     run_name: str
+    sections: tuple[str, ...] = ()
 
     def load(self) -> Callable[..., Any]:
         module, name = self.function.split(":")
         return getattr(importlib.import_module(module), name)
 
 
+_INGEST = ("world", "data")
+_JUDGES = ("world", "judges", "train.seed", "evaluate.tie_margin")
+_TRAIN = ("world", "model", "train", "evaluate.sampling_steps", "evaluate.guidance_scale")
+
 STAGES: dict[str, Stage] = {
-    "ingest": Stage("photogenic.data.ingest:ingest", "ingest"),
-    "ingest-partition": Stage("photogenic.data.ingest:ingest", "ingest-{index}-of-{count}"),
-    "ingest-merge": Stage("photogenic.data.merge:merge_partitions", "ingest"),
-    "validate": Stage("photogenic.data.validate:validate", "validate"),
-    "train": Stage("photogenic.train.run:train", "train-{recipe}"),
-    "judges": Stage("photogenic.judges:train_judges", "judges-{purpose}"),
-    "curate": Stage("photogenic.curate:curate", "curate"),
-    "evaluate": Stage("photogenic.evaluate:evaluate", "evaluate"),
+    "ingest": Stage("photogenic.data.ingest:ingest", "ingest", _INGEST),
+    "ingest-partition": Stage("photogenic.data.ingest:ingest", "ingest-{index}-of-{count}", _INGEST),
+    "ingest-merge": Stage("photogenic.data.merge:merge_partitions", "ingest", _INGEST),
+    "validate": Stage("photogenic.data.validate:validate", "validate", ("data",)),
+    "train": Stage("photogenic.train.run:train", "train-{recipe}", _TRAIN),
+    "judges": Stage("photogenic.judges:train_judges", "judges-{purpose}", _JUDGES),
+    "curate": Stage("photogenic.curate:curate", "curate", ("data", "curate")),
+    "evaluate": Stage("photogenic.evaluate:evaluate", "evaluate", ("evaluate", "panel", "curate.holdout_concepts")),
 }
+
+
+def stage_sections(stage: str, inputs: Mapping[str, Any]) -> tuple[str, ...]:
+    """The config keys a stage's run logs: its `sections`; for training, the shared train settings and
+    the trained recipe's own (not the other recipes')."""
+    sections = STAGES[stage].sections
+    if stage != "train":
+        return sections
+    from photogenic.config import TrainConfig
+    from photogenic.train.run import RECIPES
+
+    shared = [f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in RECIPES]
+    return (*(s for s in sections if s != "train"), *shared, f"train.{inputs['recipe']}")
 
 
 def run_stage(
@@ -70,8 +90,13 @@ def run_stage(
         raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     spec = STAGES[stage]
     fields = {k: str(v).replace("_", "-") for k, v in {**inputs, **(name_fields or {})}.items()}
-    with Tracker(config).stage_run(spec.run_name.format(**fields), parent_run_id or None) as run:
-        return spec.load()(config=config, run=run, **inputs)
+    sections = stage_sections(stage, inputs)
+    from photogenic.lineage import log_lineage
+
+    with Tracker(config).stage_run(spec.run_name.format(**fields), parent_run_id or None, sections=sections) as run:
+        result = spec.load()(config=config, run=run, **inputs)
+        log_lineage(run, stage, inputs, result, config)
+        return result
 
 
 def result_dict(result: Any) -> dict[str, Any]:

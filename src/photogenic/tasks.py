@@ -293,19 +293,13 @@ def evaluate_models(
 def summarize(config: Config, stages: Mapping[str, Any], parent_run_id: str, summary_uri: str = "") -> dict[str, Any]:
     """The run's summary (every stage's result, the MLflow run, the command to compare runs): written
     to `summary_uri` if given and logged on the parent run as `summary.json`."""
-    uri = tracking_uri(config)
     stages = _integral(stages)
     summary = {
         "preset": config.preset,
         "config_fingerprint": config.fingerprint(),
         "git_commit": git_commit(),
         "stages": dict(stages),
-        "mlflow": {
-            "tracking_uri": uri,
-            "experiment": config.tracking.experiment,
-            "parent_run_id": parent_run_id,
-            "ui_command": f"mlflow ui --backend-store-uri {shlex.quote(uri)}",
-        },
+        "mlflow": mlflow_commands(config, stages.get("register"), parent_run_id),
     }
     tracker = Tracker(config)
     if parent_run_id:
@@ -329,6 +323,33 @@ def summarize(config: Config, stages: Mapping[str, Any], parent_run_id: str, sum
         folder, name = split_parent(summary_uri)
         open_store(folder, config.storage).put_bytes(name, json.dumps(summary, indent=2).encode())
     return summary
+
+
+def mlflow_commands(config: Config, registered: Mapping[str, Any] | None, parent_run_id: str) -> dict[str, str]:
+    """Where the run is in MLflow and the commands that open it: the UI (and the run's page in it), and the
+    registered model loaded in Python and served over REST."""
+    uri = tracking_uri(config)
+    env = f"MLFLOW_TRACKING_URI={shlex.quote(uri)}"
+    out = {
+        "tracking_uri": uri,
+        "experiment": config.tracking.experiment,
+        "parent_run_id": parent_run_id,
+        "ui_command": f"mlflow ui --backend-store-uri {shlex.quote(uri)}",
+    }
+    experiment = Tracker(config).experiment_id() if parent_run_id else ""
+    if experiment:
+        out["run_page"] = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_run_id}"
+    if registered:
+        model = f"models:/{registered['name']}" + (
+            f"@{registered['alias']}" if registered.get("alias") else f"/{registered['version']}"
+        )
+        out["model"] = model
+        out["load_command"] = (
+            f"{env} python -c \"import mlflow, pandas; m = mlflow.pyfunc.load_model('{model}'); "
+            "print(m.predict(pandas.DataFrame({'prompt': ['a red circle']}))['image'][0][:60])\""
+        )
+        out["serve_command"] = f"{env} mlflow models serve -m {model} --env-manager local -h 127.0.0.1 -p 5001"
+    return out
 
 
 def _integral(value: Any, key: str = "") -> Any:

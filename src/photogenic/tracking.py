@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +19,7 @@ __all__ = [
     "Run",
     "TrackingError",
     "tracking_uri",
+    "using_tracking_uri",
     "is_rank_zero",
     "git_commit",
     "KFP_RUN_TAG",
@@ -36,6 +37,10 @@ KFP_RUN_TAG = "photogenic.kfp_run_id"
 # This pipeline run's id, in every task's environment: on a cluster from the pod's `pipeline/runid` label
 # (pipelines/kubernetes.py), locally from the runner (pipelines/local.py).
 RUN_ID_ENV = "PHOTOGENIC_KFP_RUN_ID"
+# The MLflow UI opens an experiment in its "Model training" view only with this tag; without it, an
+# experiment with no runs yet (or one it guesses wrong) opens in the GenAI view, which shows no runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 _MAX_PARAM_CHARS = 6000  # MLflow's limit on one param value
 _BATCH = 100  # MLflow's limit on params per log_batch call
 
@@ -51,6 +56,16 @@ def tracking_uri(config: Config) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path(config.workspace).expanduser().resolve() / 'mlflow.db'}"
+
+
+def using_tracking_uri(uri: str) -> Any:
+    """A context in which MLflow's module-level functions, and the parts of MLflow that ignore a client's
+    own URI (the registry resolving `models:/<id>` when it creates a version), talk to `uri`; the URI
+    before it (set or unset) is restored after. The context manager is MLflow's own, and private: no
+    public one restores an unset URI."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    return _use_tracking_uri(uri)
 
 
 def is_rank_zero() -> bool:
@@ -114,7 +129,11 @@ class Tracker:
                 location = None
                 if self.uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
                     location = (Path(self.uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
-                self._experiment_id = self.client.create_experiment(name, artifact_location=location)
+                self._experiment_id = self.client.create_experiment(
+                    name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
+            if exp is not None and exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                self.client.set_experiment_tag(self._experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return self._experiment_id
 
     def start_run(self, name: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None) -> Run:
@@ -139,12 +158,18 @@ class Tracker:
 
     @contextmanager
     def stage_run(
-        self, stage: str, parent_run_id: str | None = None, tags: Mapping[str, str] | None = None
+        self,
+        stage: str,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        sections: Sequence[str] | None = None,
     ) -> Iterator[Run]:
-        """The child run of one stage, with the resolved config logged as params and tags."""
+        """The child run of one stage. Its params are the config keys under `sections` (prefixes of flat
+        keys, e.g. `data` or `evaluate.tie_margin`): what the stage reads, so that comparing two stages'
+        runs shows the settings that differ. None: the whole config. The config's fingerprint is a tag."""
         run = self.start_run(stage, parent_run_id, {"photogenic.stage": stage, **(tags or {})})
         with run.closing():
-            run.log_config(self.config)
+            run.log_config(self.config, sections)
             yield run
 
     def find_run(self, tag: str, value: str) -> str | None:
@@ -185,6 +210,10 @@ class Run:
             return None
         return self.tracker._call(what, fn)
 
+    def attempt(self, what: str, fn: Any) -> Any:
+        """`fn()` under `tracking.on_error`, for tracking work made of several steps; None on other ranks."""
+        return self._do(what, fn)
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flat params; credential-looking names or values are replaced by `<redacted>`."""
         from mlflow.entities import Param
@@ -195,9 +224,12 @@ class Run:
             batch = items[i : i + _BATCH]
             self._do("log params", lambda b=batch: self.tracker.client.log_batch(self.run_id, params=b))
 
-    def log_config(self, config: Config) -> None:
-        """The whole resolved config as flat params, plus its fingerprint as a tag."""
-        self.log_params(flatten(to_dict(config)))
+    def log_config(self, config: Config, sections: Sequence[str] | None = None) -> None:
+        """The resolved config as flat params (the keys under `sections`, or all), its fingerprint as a tag."""
+        flat = flatten(to_dict(config))
+        if sections is not None:
+            flat = {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in sections)}
+        self.log_params(flat)
         self.set_tags({"photogenic.config_fingerprint": config.fingerprint(), "photogenic.preset": config.preset})
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -221,6 +253,15 @@ class Run:
         """A numpy array (HWC) or PIL image, saved as `artifact_file` (e.g. `samples/step_100.png`)."""
         self._do("log image", lambda: self.tracker.client.log_image(self.run_id, image, artifact_file=artifact_file))
 
+    def log_image_key(self, image: Any, key: str, step: int = 0) -> None:
+        """An image under `key` at `step`: the UI shows it in the run's charts and beside other runs' images
+        of the same key in its comparison."""
+        self._do("log image", lambda: self.tracker.client.log_image(self.run_id, image, key=key, step=step))
+
+    def log_table(self, data: Any, artifact_file: str) -> None:
+        """A table (a DataFrame or a dict of columns) as an MLflow table artifact (`*.json`)."""
+        self._do("log table", lambda: self.tracker.client.log_table(self.run_id, data, artifact_file))
+
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         self._do("log figure", lambda: self.tracker.client.log_figure(self.run_id, figure, artifact_file))
 
@@ -230,8 +271,56 @@ class Run:
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self._do("log dict", lambda: self.tracker.client.log_dict(self.run_id, dict(data), artifact_file))
 
+    def log_inputs(self, datasets: Sequence[Any], model_versions: Sequence[str] = ()) -> None:
+        """Lineage (`photogenic.lineage`): datasets (`DatasetRef`s) and the MLflow models of the model
+        versions (content fingerprints) this run read; a version never logged as an MLflow model is skipped."""
+        if not self.active:
+            return
+        from mlflow.entities import LoggedModelInput
+
+        from photogenic.serving import find_logged_model
+
+        def log() -> None:
+            client = self.tracker.client
+            experiment = self.tracker.experiment_id()
+            found = [find_logged_model(client, experiment, v) for v in model_versions]
+            models = [LoggedModelInput(m.model_id) for m in found if m is not None]
+            client.log_inputs(self.run_id, datasets=[d.entity() for d in datasets], models=models or None)
+
+        self._do("log inputs", log)
+
+    def log_model(self, model_uri: str, version: str, recipe: str, steps: int, guidance: float) -> str | None:
+        """The exported text-to-image model at `model_uri` as an MLflow model of this run (`photogenic.serving`);
+        returns its model id (`models:/<id>`), or None where tracking is off or failed."""
+        from photogenic.serving import log_pyfunc
+
+        return self._do(
+            "log model",
+            lambda: log_pyfunc(self.tracker.uri, self.run_id, model_uri, version, recipe, steps, guidance),
+        )
+
     def end(self, status: str = "FINISHED") -> None:
         self._do("end run", lambda: self.tracker.client.set_terminated(self.run_id, status))
+
+    @contextmanager
+    def system_metrics(self, interval_s: float = 10.0) -> Iterator[None]:
+        """CPU, memory, disk and network (and GPU, where `nvidia-ml-py` finds one) as `system/...` metrics of
+        this run every `interval_s` while the block runs: MLflow's own monitor, on a thread."""
+        monitor = None
+        if self.active:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = self._do(
+                "start system metrics",
+                lambda: SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, tracking_uri=self.tracker.uri),
+            )
+        if monitor is not None:
+            monitor.start()
+        try:
+            yield
+        finally:
+            if monitor is not None:
+                monitor.finish()
 
     @contextmanager
     def closing(self) -> Iterator[Run]:

@@ -134,6 +134,17 @@ def format_summary(summary: dict[str, Any], config: Config) -> str:
         f"  summary:           {summary['summary_path']}",
         f"  task log:          {summary['log_path']}",
         f"  compare runs:      {summary['mlflow']['ui_command']}",
+        *(
+            [f"                     then open {summary['mlflow']['run_page']}"]
+            if "run_page" in summary["mlflow"]
+            else []
+        ),
+        *([f"  load the model:    {summary['mlflow']['load_command']}"] if "load_command" in summary["mlflow"] else []),
+        *(
+            [f"  serve it:          {summary['mlflow']['serve_command']}"]
+            if "serve_command" in summary["mlflow"]
+            else []
+        ),
         *_times(summary),
     ]
     return "\n".join(lines)

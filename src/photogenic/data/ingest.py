@@ -476,9 +476,9 @@ def _counts_line(counts: dict[str, int]) -> str:
 def _log_result(run: Any, result: IngestResult) -> None:
     if run is None:
         return
-    metrics: dict[str, float] = {f"ingest.{k}": v for k, v in result.counts.items()}
+    metrics: dict[str, float] = {f"ingest/{k}": v for k, v in result.counts.items()}
     if result.seconds > 0:
-        metrics["ingest.images_per_s"] = result.counts["input"] / result.seconds
-        metrics["ingest.mb_per_s"] = result.bytes_in / 2**20 / result.seconds
+        metrics["ingest/images_per_s"] = result.counts["input"] / result.seconds
+        metrics["ingest/mb_per_s"] = result.bytes_in / 2**20 / result.seconds
     run.log_metrics(metrics)
     run.set_tags({"photogenic.dataset.raw": result.fingerprint, "photogenic.dataset.raw_uri": result.manifest_uri})

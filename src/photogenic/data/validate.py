@@ -292,13 +292,15 @@ def validate(
             ObjectRef.of(store.put_bytes("gx_result.json", json.dumps(gx_result, indent=2, sort_keys=True).encode())),
             ObjectRef.of(store.put_file("quarantine.jsonl", quarantine_list)),
         ]
-        report = _html_report(manifest_uri, rows, reasons, gx_result, counts, data, upstream, upstream_shown, whole)
+        passed = failed <= data.max_failed_fraction and counts["clean"] > 0
+        datasets = (result_uri if passed else "", manifest_uri, source.fingerprint)
+        report = _html_report(datasets, rows, reasons, gx_result, counts, data, upstream, upstream_shown, whole)
         side_refs.append(ObjectRef.of(store.put_bytes("report.html", report.encode())))
         report_uri = store.uri("report.html")
         see = f"see {report_uri} and {store.uri('quarantine.jsonl')}"
         if upstream:
             see += f" (and {source.uri(source.meta['sidecars']['quarantine'])} for ingestion's)"
-        if failed > data.max_failed_fraction or counts["clean"] == 0:
+        if not passed:
             result = ValidateResult("", "", report_uri, counts, failed)
             _log_result(run, result, report)
             set_aside = len(reasons) + upstream
@@ -415,6 +417,7 @@ _CSS = (
     "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
     "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
     "tr.bad td{background:#fde8e8}tr.ok td{background:#eef9ee}"
+    ".verdict{font-size:1.2em;border:2px solid;padding:.5em}.pass{color:#070}.fail{color:#b00}"
 )
 
 
@@ -425,11 +428,13 @@ def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None 
     for i, row in enumerate(rows):
         cls = f' class="{classes[i]}"' if classes else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    if not body:
+        return "<p><i>none</i></p>"
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _html_report(
-    uri: str,
+    datasets: tuple[str, str, str],
     rows: list[dict[str, Any]],
     reasons: dict[int, list[str]],
     gx_result: dict[str, Any],
@@ -468,10 +473,22 @@ def _html_report(
         if upstream > len(upstream_shown)
         else ""
     )
+    out_uri, in_uri, in_version = datasets
+    if out_uri:
+        verdict = '<p class="verdict pass"><b>PASSED.</b> The clean samples are published as the validated dataset.</p>'
+        names = f"<p>Validated dataset: <code>{html.escape(out_uri)}</code><br>"
+    else:
+        verdict = (
+            '<p class="verdict fail"><b>FAILED.</b> Too much was set aside (or nothing is clean): no validated '
+            "dataset is published, and the pipeline stops here.</p>"
+        )
+        names = "<p>Validated dataset: none (validation failed)<br>"
+    names += f"Validated from: <code>{html.escape(in_uri)}</code> (the ingested dataset, version {in_version[:12]})</p>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Photogenic validation</title>
 <style>{_CSS}</style></head><body>
 <h1>Validation report</h1>
-<p>Dataset: <code>{html.escape(uri)}</code></p>
+{verdict}
+{names}
 <p><b>{whole}</b> inputs entered ingestion; <b>{upstream}</b> were quarantined there.
 <b>{counts["input"]}</b> samples reached validation: <b>{counts["clean"]}</b> clean,
 <b>{counts["quarantined"]}</b> quarantined. Set aside in all: {share:.2%} of the inputs (the stage fails
@@ -492,7 +509,7 @@ def _log_result(run: Any, result: ValidateResult, report: str | None) -> None:
     if run is None:
         return
     run.log_metrics(
-        {**{f"validate.{k}": v for k, v in result.counts.items()}, "validate.failed_fraction": result.failed_fraction}
+        {**{f"validate/{k}": v for k, v in result.counts.items()}, "validate/failed_fraction": result.failed_fraction}
     )
     if result.fingerprint:
         run.set_tags(

@@ -305,6 +305,14 @@ class DiffusionTrainer(Trainer):
         images = self._draw([(p, i) for i, p in enumerate(SAMPLE_PROMPTS)])
         self.run.log_image(image_grid(images, 4, scale=4), f"samples/{self.recipe}_step{step:06d}.png")
 
+    def log_model(self, model_uri: str, version: str) -> None:
+        if self.run is None:
+            return
+        sampling = self.config.evaluate
+        model_id = self.run.log_model(model_uri, version, self.recipe, sampling.sampling_steps, sampling.guidance_scale)
+        if model_id:
+            self.run.set_tags({f"photogenic.mlflow_model.{self.recipe}": model_id})
+
 
 @torch.no_grad()
 def ema_update(ema: Any, params: list[torch.nn.Parameter]) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any
 
 from photogenic.config import Config, ConfigError, fingerprint, to_dict
@@ -149,7 +150,8 @@ def train(
         rehearsal=rehearsal,
     )
     try:
-        result = trainer.train()
+        with run.system_metrics() if run is not None else nullcontext():
+            result = trainer.train()
     except RuntimeError as exc:
         lost = rank_lost(exc, config.train.collective_timeout_s)
         if lost is None:

@@ -237,9 +237,7 @@ class Trainer:
         stop = best.update(done, score, self.best_weights)
         log.info("%s step %d: validation %.4f (best %.4f at step %d)", self.recipe, done, score, best.score, best.step)
         if self.dist.is_main and self.run is not None:
-            self.run.log_metrics(
-                {f"{self.recipe}.validation": score, f"{self.recipe}.best_validation": best.score}, step=done
-            )
+            self.run.log_metrics({"train/validation": score, "train/best_validation": best.score}, step=done)
         return stop
 
     def train(self) -> TrainResult:
@@ -287,12 +285,10 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 self.run.log_metrics(
                     {
-                        f"{self.recipe}.loss": loss,
-                        f"{self.recipe}.lr": self.scheduler.get_last_lr()[0],
-                        f"{self.recipe}.samples_per_s": window_steps
-                        * self.settings.global_batch_size
-                        / max(elapsed, 1e-9),
-                        **{f"{self.recipe}.{k}": v for k, v in self.step_metrics().items()},
+                        "train/loss": loss,
+                        "train/lr": self.scheduler.get_last_lr()[0],
+                        "train/samples_per_s": window_steps * self.settings.global_batch_size / max(elapsed, 1e-9),
+                        **{f"train/{k}": v for k, v in self.step_metrics().items()},
                     },
                     step=done,
                 )
@@ -330,6 +326,9 @@ class Trainer:
     def log_samples(self, step: int) -> None:
         """Recipes that generate images log a grid of fixed prompts and seeds."""
 
+    def log_model(self, model_uri: str, version: str) -> None:
+        """Recipes whose export is a text-to-image pipeline log it as an MLflow model of their run."""
+
     def _export(self, model_uri: str, start: int, loss: float, seconds: float) -> TrainResult:
         manifest_uri, version = "", ""
         if self.dist.is_main:
@@ -354,6 +353,7 @@ class Trainer:
                     {f"photogenic.model.{self.recipe}": version, f"photogenic.model.{self.recipe}_uri": model_uri}
                 )
                 self.log_samples(self.settings.steps)
+                self.log_model(model_uri, version)
         trained = self.settings.steps - start
         return TrainResult(
             recipe=self.recipe,
