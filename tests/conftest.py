@@ -29,6 +29,7 @@ _ISOLATED_ENV = (
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
     "RANK",
+    "PHOTOGENIC_MODEL_CACHE",
 )
 
 
@@ -103,6 +104,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("PHOTOGENIC_MODEL_CACHE", str(tmp_path / "model-cache"))  # MLflow models' local copies
 
 
 @pytest.fixture(scope="session")

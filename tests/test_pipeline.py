@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -105,9 +106,78 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
     # Registered, but not champion: the gate needs a winning, trustworthy evaluation.
     reg = st["register"]
     version = client.get_model_version(reg["name"], reg["version"])
-    assert version.source == st["quality_tune"]["model_uri"] and reg["alias"] == ""
-    assert "not above 0.5" in version.tags["photogenic.gate"]
+    assert reg["alias"] == "" and "not above 0.5" in version.tags["photogenic.gate"]
     assert not client.get_registered_model(reg["name"]).aliases
+    # The version is the MLflow model that the quality-tuning run logged, for the weights it exported.
+    runs = {r.info.run_name: r.info.run_id for r in children}
+    assert version.run_id == runs["train-quality-tune"] and version.source == reg["source"]
+    logged = client.get_logged_model(reg["source"].removeprefix("models:/"))
+    assert logged.tags["photogenic.model"] == st["quality_tune"]["fingerprint"]
+    assert logged.tags["photogenic.model_uri"] == st["quality_tune"]["model_uri"]
+    # The parent run carries the verdict; the experiment opens in the UI's model-training view.
+    assert parent.data.tags["photogenic.registered"] == f"{reg['name']}/{reg['version']}"
+    assert "registration gate failed" in parent.data.tags["mlflow.note.content"]
+    experiment = client.get_experiment_by_name("photogenic-quality-tuning")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    _assert_lineage(client, runs, st)
+    _assert_comparable(client, runs)
+
+
+def _inputs(client, run_id: str) -> dict[str, tuple[str, str]]:  # noqa: ANN001
+    """A run's datasets: {name@context: (digest, source)}, and its model inputs and outputs by id."""
+    run = client.get_run(run_id)
+    out = {}
+    for d in run.inputs.dataset_inputs:
+        context = next(t.value for t in d.tags if t.key == "mlflow.data.context")
+        out[f"{d.dataset.name}@{context}"] = (d.dataset.digest, json.loads(d.dataset.source).get("uri", ""))
+    out["models in"] = tuple(sorted(m.model_id for m in run.inputs.model_inputs))
+    out["models out"] = tuple(sorted(m.model_id for m in run.outputs.model_outputs))
+    return out
+
+
+def _assert_lineage(client, runs: dict[str, str], st: dict) -> None:  # noqa: ANN001
+    """raw -> ingested -> validated -> qt, rehearsal -> pretrained -> quality-tuned, by content digest."""
+    ingest, validate, curate = (_inputs(client, runs[n]) for n in ("ingest", "validate", "curate"))
+    pretrain, qt, evaluate = (_inputs(client, runs[n]) for n in ("train-pretrain", "train-quality-tune", "evaluate"))
+    assert "raw@ingestion" in ingest
+    assert ingest["ingested@output"][0] == validate["ingested@validation"][0] == st["ingest"]["fingerprint"][:16]
+    assert ingest["ingested@output"][1].endswith(st["ingest"]["manifest_uri"])
+    clean = st["validate"]["fingerprint"][:16]
+    assert (
+        validate["validated@output"][0] == curate["validated@curation"][0] == pretrain["validated@training"][0] == clean
+    )
+    assert curate["qt@output"][0] == qt["qt@training"][0] == st["curate"]["fingerprint"][:16]
+    assert curate["rehearsal@output"] == qt["rehearsal@rehearsal"]
+    (pretrained,) = pretrain["models out"]
+    (quality_tuned,) = qt["models out"]
+    assert qt["models in"] == (pretrained,)
+    assert set(evaluate["models in"]) == {pretrained, quality_tuned}
+
+
+def _assert_comparable(client, runs: dict[str, str]) -> None:  # noqa: ANN001
+    """Two stages' runs compare in the UI: each logs the settings it reads, under one metric naming scheme."""
+    params = {name: client.get_run(run_id).data.params for name, run_id in runs.items()}
+    assert (
+        "train.pretrain.steps" in params["train-pretrain"]
+        and "train.quality_tune.steps" not in params["train-pretrain"]
+    )
+    assert "curate.min_aesthetic" not in params["train-pretrain"] and "data.min_image_side" in params["validate"]
+    assert not params["register"]
+    for name in ("train-autoencoder", "train-pretrain", "train-quality-tune"):
+        metrics = client.get_run(runs[name]).data.metrics
+        assert {"train/loss", "train/lr", "train/samples_per_s"} <= set(metrics), name
+    for run_id in runs.values():
+        assert all("/" in key for key in client.get_run(run_id).data.metrics), "metrics are named stage/metric"
+    evaluate = client.get_run(runs["evaluate"])
+    artifacts = {a.path for a in client.list_artifacts(runs["evaluate"], "evaluation")}
+    assert {"evaluation/report.html", "evaluation/comparisons.json"} <= artifacts
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(
+            Path(client.download_artifacts(runs["evaluate"], "evaluation/comparisons.json", tmp)).read_text()
+        )
+    rows = {row[0]: dict(zip(table["columns"], row, strict=True)) for row in table["data"]}
+    assert {"appeal", "faithfulness", "appeal/seen"} <= set(rows) and 0 <= rows["appeal"]["win"] <= 1
+    assert evaluate.data.tags["photogenic.eval.trustworthy"] == "false"
     # A run killed between stages and run again reuses them: test_reliability_pipeline.py.
 
 
@@ -460,9 +530,10 @@ def test_the_registration_gate_reads_interval_bounds() -> None:
         assert not passed and reason in why, why
 
 
-def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Path) -> None:
+def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Path, tiny_pretrained: str) -> None:
     from mlflow import MlflowClient
 
+    from photogenic.manifest import read_manifest
     from photogenic.registry import register_model
     from photogenic.tracking import open_pipeline_run
     from tests.helpers import tiny_config
@@ -470,18 +541,20 @@ def test_register_gives_the_champion_alias_only_to_a_passing_model(tmp_path: Pat
     config = tiny_config(tmp_path)
     parent = open_pipeline_run(config, "kfp-run-1", "0.1.0")
     assert open_pipeline_run(config, "kfp-run-1", "0.1.0") == parent  # a retried task finds its run
-    model = {"model_uri": str(tmp_path / "model"), "fingerprint": "abc"}
+    model = {"model_uri": tiny_pretrained, "fingerprint": read_manifest(tiny_pretrained + "/manifest.json").fingerprint}
     passing = {
         "metrics": {"appeal_win_lo": 0.7, "faithfulness_net_lo": 0.02, "faithfulness_net_hi": 0.18},
         "trustworthy": True,
     }
     failing = {**passing, "trustworthy": False}
     first = register_model(config, model, passing, "m", parent)
-    second = register_model(config, {**model, "fingerprint": "def"}, failing, "m", parent)
+    second = register_model(config, model, failing, "m", parent)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert first["alias"] == "champion" and second["alias"] == ""
     assert str(client.get_model_version_by_alias("m", "champion").version) == first["version"]
-    assert client.get_model_version("m", second["version"]).tags["photogenic.model"] == "def"
+    assert client.get_model_version("m", second["version"]).tags["photogenic.model"] == model["fingerprint"]
+    # A model trained without tracking is logged as an MLflow model once, on the first register run.
+    assert first["source"] == second["source"]
 
 
 def test_progress_counts_every_task_end_printed_by_parallel_tasks(tmp_path: Path) -> None:
