@@ -14,7 +14,7 @@ from photogenic.prompts import Prompt
 if TYPE_CHECKING:
     from photogenic.evaluate import Judged
 
-__all__ = ["side_by_side", "report_html"]
+__all__ = ["side_by_side", "report_html", "grid_label", "HELD_OUT_MARK"]
 
 
 def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[int], rows: int = 12) -> Any:
@@ -36,14 +36,20 @@ def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[
         y = 16 + r * (cell + 4)
         sheet.paste(a[j].resize((cell, cell), Image.NEAREST), (label, y))
         sheet.paste(b[j].resize((cell, cell), Image.NEAREST), (label + cell + 8, y))
-        lines = textwrap.wrap(prompts[i].text, 30) or [""]
-        if prompts[i].held_out:
-            lines.append("[held out of QT]")
+        lines = grid_label(prompts[i])
         top = y + max(0, (cell - 13 * len(lines)) // 2)
         for k, line in enumerate(lines):
-            colour = (170, 60, 0) if line == "[held out of QT]" else (20, 20, 20)
-            draw.text((4, top + 13 * k), line, fill=colour, font=font)
+            draw.text((4, top + 13 * k), line, fill=(170, 60, 0) if line == HELD_OUT_MARK else (20, 20, 20), font=font)
     return sheet
+
+
+HELD_OUT_MARK = "[held out of QT]"
+
+
+def grid_label(prompt: Prompt, width: int = 30) -> list[str]:
+    """A prompt's label in the grid: the whole text, wrapped to `width` characters, and the held-out mark."""
+    lines = textwrap.wrap(prompt.text, width, break_long_words=True) or [""]
+    return [*lines, HELD_OUT_MARK] if prompt.held_out else lines
 
 
 def _png_tag(image: Any, alt: str) -> str:

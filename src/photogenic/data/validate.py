@@ -293,7 +293,13 @@ def validate(
             ObjectRef.of(store.put_file("quarantine.jsonl", quarantine_list)),
         ]
         passed = failed <= data.max_failed_fraction and counts["clean"] > 0
-        datasets = (result_uri if passed else "", manifest_uri, source.fingerprint)
+        why = (
+            "no sample is clean"
+            if counts["clean"] == 0
+            else f"{failed:.2%} of the inputs were set aside, above data.max_failed_fraction "
+            f"({data.max_failed_fraction:.2%})"
+        )
+        datasets = (result_uri if passed else "", manifest_uri, source.fingerprint, "" if passed else why)
         report = _html_report(datasets, rows, reasons, gx_result, counts, data, upstream, upstream_shown, whole)
         side_refs.append(ObjectRef.of(store.put_bytes("report.html", report.encode())))
         report_uri = store.uri("report.html")
@@ -434,7 +440,7 @@ def _table(headers: list[str], rows: list[list[str]], classes: list[str] | None 
 
 
 def _html_report(
-    datasets: tuple[str, str, str],
+    datasets: tuple[str, str, str, str],
     rows: list[dict[str, Any]],
     reasons: dict[int, list[str]],
     gx_result: dict[str, Any],
@@ -473,14 +479,14 @@ def _html_report(
         if upstream > len(upstream_shown)
         else ""
     )
-    out_uri, in_uri, in_version = datasets
-    if out_uri:
+    out_uri, in_uri, in_version, failure = datasets
+    if not failure:
         verdict = '<p class="verdict pass"><b>PASSED.</b> The clean samples are published as the validated dataset.</p>'
         names = f"<p>Validated dataset: <code>{html.escape(out_uri)}</code><br>"
     else:
         verdict = (
-            '<p class="verdict fail"><b>FAILED.</b> Too much was set aside (or nothing is clean): no validated '
-            "dataset is published, and the pipeline stops here.</p>"
+            f'<p class="verdict fail"><b>FAILED.</b> {html.escape(failure)}: no validated dataset is published, '
+            "and the pipeline stops here.</p>"
         )
         names = "<p>Validated dataset: none (validation failed)<br>"
     names += f"Validated from: <code>{html.escape(in_uri)}</code> (the ingested dataset, version {in_version[:12]})</p>"
