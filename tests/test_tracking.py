@@ -135,3 +135,27 @@ def test_unavailable_store_warns_or_fails_by_config(tmp_path: Path, monkeypatch:
     fail = Tracker(_config(tmp_path, f"tracking.uri={uri}", "tracking.on_error=fail"))
     with pytest.raises(TrackingError, match="MLflow start run failed"), fail.stage_run("pretrain"):
         pass
+
+
+def test_system_metrics_are_logged_while_a_block_runs(workspace: Path) -> None:
+    import time
+
+    tracker = Tracker(_config(workspace))
+    with tracker.stage_run("train-pretrain") as run, run.system_metrics(interval_s=0.2):
+        time.sleep(1.2)
+    metrics = MlflowClient(tracker.uri).get_run(run.run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
+    assert 0 < metrics["system/system_memory_usage_megabytes"]
+
+
+def test_a_stage_run_logs_only_the_settings_it_reads(workspace: Path) -> None:
+    from photogenic.stages import stage_sections
+
+    config = _config(workspace)
+    tracker = Tracker(config)
+    with tracker.stage_run("train-quality-tune", sections=stage_sections("train", {"recipe": "quality_tune"})) as run:
+        pass
+    params = MlflowClient(tracker.uri).get_run(run.run_id).data.params
+    assert params["train.quality_tune.noise_offset"] == "0.1" and params["train.seed"] == str(config.train.seed)
+    assert "model.unet_channels" in params and "evaluate.sampling_steps" in params
+    assert not any(k.startswith(("train.pretrain.", "train.autoencoder.", "curate.", "data.")) for k in params)
