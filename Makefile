@@ -24,12 +24,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check src tests bench components pipelines images
-	$(BIN)/ruff format --check src tests bench components pipelines images
+	$(BIN)/ruff check src tests bench components pipelines images docs
+	$(BIN)/ruff format --check src tests bench components pipelines images docs
 
 format: setup
-	$(BIN)/ruff check --fix src tests bench components pipelines images
-	$(BIN)/ruff format src tests bench components pipelines images
+	$(BIN)/ruff check --fix src tests bench components pipelines images docs
+	$(BIN)/ruff format src tests bench components pipelines images docs
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -78,27 +78,38 @@ class Page:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Chromium WebDriver; skips the test (fails it under PHOTOGENIC_REQUIRE_BROWSER=1) without one."""
+def start_chromium(width: int = 1280, height: int = 900) -> Iterator[Any]:
+    """A headless Chromium WebDriver (RuntimeError where there is none)."""
     reason = missing_browser()
     if reason:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires it")
-        pytest.skip(reason)
+        raise RuntimeError(reason)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     browser, driver_path = _binaries()
     options = webdriver.ChromeOptions()
     options.binary_location = str(browser)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
+    options.add_argument(f"--window-size={width},{height}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=str(driver_path)))
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """`start_chromium` in a test: skipped without a browser (failed under PHOTOGENIC_REQUIRE_BROWSER=1)."""
+    reason = missing_browser()
+    if reason:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires it")
+        pytest.skip(reason)
+    with start_chromium() as driver:
+        yield driver
 
 
 @contextmanager

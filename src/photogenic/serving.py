@@ -46,7 +46,13 @@ MAX_STEPS = 1000  # DDIM over a 1000-step schedule: more steps than timesteps is
 
 
 def _cache() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "photogenic" / "models")
+    """Where loaded models' folders are copied: $PHOTOGENIC_MODEL_CACHE, else the workspace's model cache
+    ($PHOTOGENIC_WORKSPACE, set in our images and pods), else ~/.cache/photogenic/models."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    if os.environ.get("PHOTOGENIC_WORKSPACE"):
+        return Path(os.environ["PHOTOGENIC_WORKSPACE"], "cache", "models")
+    return Path.home() / ".cache" / "photogenic" / "models"
 
 
 class PhotogenicModel(mlflow.pyfunc.PythonModel):
