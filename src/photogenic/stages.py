@@ -84,6 +84,7 @@ def run_stage(
     Returns:
         The stage function's result dataclass.
     """
+    from photogenic.lineage import log_lineage
     from photogenic.tracking import Tracker
 
     if stage not in STAGES:
@@ -91,8 +92,6 @@ def run_stage(
     spec = STAGES[stage]
     fields = {k: str(v).replace("_", "-") for k, v in {**inputs, **(name_fields or {})}.items()}
     sections = stage_sections(stage, inputs)
-    from photogenic.lineage import log_lineage
-
     with Tracker(config).stage_run(spec.run_name.format(**fields), parent_run_id or None, sections=sections) as run:
         result = spec.load()(config=config, run=run, **inputs)
         log_lineage(run, stage, inputs, result, config)
