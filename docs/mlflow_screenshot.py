@@ -59,6 +59,22 @@ def _runs(uri: str, experiment: str, stage: str) -> tuple[str, list[str]]:
     return exp.experiment_id, chosen
 
 
+def _show_differences_only(driver: object) -> None:
+    """Turn on the compare view's "Show diff only" switches and close the assistant panel, if present."""
+    from selenium.webdriver.common.by import By
+
+    for label in driver.find_elements(By.XPATH, "//*[normalize-space(text())='Show diff only']"):  # type: ignore[attr-defined]
+        switches = label.find_elements(By.XPATH, "preceding::button[@role='switch'][1]")
+        if switches:
+            switches[0].click()
+    for close in driver.find_elements(By.CSS_SELECTOR, "button[aria-label='Close']"):  # type: ignore[attr-defined]
+        if close.is_displayed():
+            close.click()
+    time.sleep(2)
+    driver.execute_script("document.querySelectorAll('*').forEach(e => { e.scrollTop = 0; });")  # type: ignore[attr-defined]
+    time.sleep(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workspace", type=Path)
@@ -94,6 +110,7 @@ def main() -> None:
         with start_chromium(1600, args.height) as driver:
             driver.get(f"{base}/#/compare-runs?{query}")
             time.sleep(8)  # the single-page app fetches the runs, then draws
+            _show_differences_only(driver)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(args.out))
             errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
