@@ -63,6 +63,8 @@ def test_photogenic_run_is_the_pipeline_through_kfp_local(tmp_path: Path) -> Non
     ):
         assert line in result.stderr, line
     assert "mlflow ui --backend-store-uri sqlite:///" in result.stdout
+    assert "then open http://127.0.0.1:5000/#/experiments/" in result.stdout
+    assert "  load the model:    MLFLOW_TRACKING_URI=" in result.stdout and "  serve it:          " in result.stdout
     assert "visual appeal" in result.stdout and "NOT TRUSTWORTHY" in result.stdout  # tiny judges are below the bar
 
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -127,10 +127,7 @@ def _mlflow_model(tracker: Tracker, run: Run, model: Mapping[str, Any], config: 
     if logged is not None:
         return logged.model_id, logged.source_run_id
     log.info("no MLflow model of %s was logged by its training run; logging it on the register run", model["model_uri"])
-    sampling = config.evaluate
-    model_id = run.log_model(
-        model["model_uri"], model["fingerprint"], "quality_tune", sampling.sampling_steps, sampling.guidance_scale
-    )
+    model_id = run.log_model(model["model_uri"], model["fingerprint"], "quality_tune")
     if not model_id:
         raise RuntimeError(f"could not log {model['model_uri']} as an MLflow model: {tracker.failures}")
     return model_id, run.run_id or ""

@@ -14,7 +14,7 @@ from photogenic.prompts import Prompt
 if TYPE_CHECKING:
     from photogenic.evaluate import Judged
 
-__all__ = ["side_by_side", "report_html", "grid_label", "HELD_OUT_MARK"]
+__all__ = ["side_by_side", "report_html", "grid_label", "png_base64", "HELD_OUT_MARK"]
 
 
 def side_by_side(a: list[Any], b: list[Any], prompts: list[Prompt], seeds: list[int], rows: int = 12) -> Any:
@@ -52,10 +52,15 @@ def grid_label(prompt: Prompt, width: int = 30) -> list[str]:
     return [*lines, HELD_OUT_MARK] if prompt.held_out else lines
 
 
-def _png_tag(image: Any, alt: str) -> str:
+def png_base64(image: Any) -> str:
+    """A PIL image as PNG bytes, base64-encoded (inline in a report, or in a JSON answer)."""
     buf = io.BytesIO()
     image.save(buf, format="PNG")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _png_tag(image: Any, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{png_base64(image)}">'
 
 
 def _table_html(tables: dict[str, dict[str, float]], names: list[str]) -> str:

@@ -81,11 +81,12 @@ class PhotogenicModel(mlflow.pyfunc.PythonModel):
         import pandas as pd
 
         from photogenic.models.pipeline import draw
+        from photogenic.report import png_base64
 
         steps, guidance = _sampling(self.defaults, params)
         prompts, seeds = _rows(model_input)
         images = draw(self.pipe, list(zip(prompts, seeds, strict=True)), steps, guidance, batch=self.batch)
-        return pd.DataFrame({"image": [_png_base64(i) for i in images], "seed": seeds})
+        return pd.DataFrame({"image": [png_base64(i) for i in images], "seed": seeds})
 
 
 def _sampling(defaults: Mapping[str, Any], params: Mapping[str, Any] | None) -> tuple[int, float]:
@@ -115,8 +116,8 @@ def _rows(model_input: Any) -> tuple[list[str], list[int]]:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(
             f"the input needs a 'prompt' column; it has {list(frame.columns)}"
         )
-    prompts = [p if isinstance(p, str) else "" for p in frame["prompt"]]
-    bad = [i for i, p in enumerate(frame["prompt"]) if not isinstance(p, str)]
+    prompts = list(frame["prompt"])
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if bad:
         raise mlflow.exceptions.MlflowException.invalid_parameter_value(f"rows {bad[:10]} have no prompt string")
     column = frame["seed"] if "seed" in frame.columns else [None] * len(frame)
@@ -127,12 +128,6 @@ def _rows(model_input: Any) -> tuple[list[str], list[int]]:
             f"rows {negative[:10]} have a seed outside [0, 2**63)"
         )
     return prompts, seeds
-
-
-def _png_base64(image: Any) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def decode_image(data: str) -> Any:

@@ -31,7 +31,6 @@ from photogenic.tracking import (
     open_pipeline_run,
     parent_run_id,
     pipeline_run_id,
-    tracking_uri,
 )
 
 __all__ = [
@@ -299,9 +298,9 @@ def summarize(config: Config, stages: Mapping[str, Any], parent_run_id: str, sum
         "config_fingerprint": config.fingerprint(),
         "git_commit": git_commit(),
         "stages": dict(stages),
-        "mlflow": mlflow_commands(config, stages.get("register"), parent_run_id),
     }
     tracker = Tracker(config)
+    summary["mlflow"] = mlflow_commands(tracker, stages.get("register"), parent_run_id)
     if parent_run_id:
         from photogenic.tracking import Run
 
@@ -325,18 +324,18 @@ def summarize(config: Config, stages: Mapping[str, Any], parent_run_id: str, sum
     return summary
 
 
-def mlflow_commands(config: Config, registered: Mapping[str, Any] | None, parent_run_id: str) -> dict[str, str]:
+def mlflow_commands(tracker: Tracker, registered: Mapping[str, Any] | None, parent_run_id: str) -> dict[str, str]:
     """Where the run is in MLflow and the commands that open it: the UI (and the run's page in it), and the
     registered model loaded in Python and served over REST."""
-    uri = tracking_uri(config)
+    uri = tracker.uri
     env = f"MLFLOW_TRACKING_URI={shlex.quote(uri)}"
     out = {
         "tracking_uri": uri,
-        "experiment": config.tracking.experiment,
+        "experiment": tracker.config.tracking.experiment,
         "parent_run_id": parent_run_id,
         "ui_command": f"mlflow ui --backend-store-uri {shlex.quote(uri)}",
     }
-    experiment = Tracker(config).experiment_id() if parent_run_id else ""
+    experiment = tracker.experiment_id() if parent_run_id else ""
     if experiment:
         out["run_page"] = f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{parent_run_id}"
     if registered:

@@ -289,14 +289,24 @@ class Run:
 
         self._do("log inputs", log)
 
-    def log_model(self, model_uri: str, version: str, recipe: str, steps: int, guidance: float) -> str | None:
-        """The exported text-to-image model at `model_uri` as an MLflow model of this run (`photogenic.serving`);
-        returns its model id (`models:/<id>`), or None where tracking is off or failed."""
+    def log_model(self, model_uri: str, version: str, recipe: str) -> str | None:
+        """The exported text-to-image model at `model_uri` as an MLflow model of this run (`photogenic.serving`),
+        sampling by default as the evaluation does; returns its model id (`models:/<id>`), or None where
+        tracking is off or failed."""
         from photogenic.serving import log_pyfunc
 
+        sampling = self.tracker.config.evaluate
         return self._do(
             "log model",
-            lambda: log_pyfunc(self.tracker.uri, self.run_id, model_uri, version, recipe, steps, guidance),
+            lambda: log_pyfunc(
+                self.tracker.uri,
+                self.run_id,
+                model_uri,
+                version,
+                recipe,
+                sampling.sampling_steps,
+                sampling.guidance_scale,
+            ),
         )
 
     def end(self, status: str = "FINISHED") -> None:

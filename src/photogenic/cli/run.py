@@ -135,19 +135,21 @@ def format_summary(summary: dict[str, Any], config: Config) -> str:
         f"  task log:          {summary['log_path']}",
         f"  compare runs:      {summary['mlflow']['ui_command']}",
         *(
-            [f"                     then open {summary['mlflow']['run_page']}"]
-            if "run_page" in summary["mlflow"]
-            else []
-        ),
-        *([f"  load the model:    {summary['mlflow']['load_command']}"] if "load_command" in summary["mlflow"] else []),
-        *(
-            [f"  serve it:          {summary['mlflow']['serve_command']}"]
-            if "serve_command" in summary["mlflow"]
-            else []
+            f"  {label:<19}{then}{summary['mlflow'][key]}"
+            for label, then, key in _MLFLOW_LINES
+            if key in summary["mlflow"]
         ),
         *_times(summary),
     ]
     return "\n".join(lines)
+
+
+# The summary's MLflow lines after `compare runs` (label, lead-in, key in summary["mlflow"]), where present
+_MLFLOW_LINES = (
+    ("", "then open ", "run_page"),
+    ("load the model:", "", "load_command"),
+    ("serve it:", "", "serve_command"),
+)
 
 
 def _times(summary: dict[str, Any]) -> list[str]:

@@ -308,8 +308,7 @@ class DiffusionTrainer(Trainer):
     def log_model(self, model_uri: str, version: str) -> None:
         if self.run is None:
             return
-        sampling = self.config.evaluate
-        model_id = self.run.log_model(model_uri, version, self.recipe, sampling.sampling_steps, sampling.guidance_scale)
+        model_id = self.run.log_model(model_uri, version, self.recipe)
         if model_id:
             self.run.set_tags({f"photogenic.mlflow_model.{self.recipe}": model_id})
 
