@@ -392,3 +392,43 @@ def test_a_key_reused_across_partitions_is_quarantined_with_its_reason(tmp_path:
 
     quarantined = [s for s in iter_dataset(manifest, config.storage, group="quarantine") if s["__key__"] == "clash"]
     assert len(quarantined) == 1  # the sample is kept aside, not dropped
+
+
+def test_shards_are_byte_identical_to_webdatasets_writer(tmp_path: Path) -> None:
+    """Shards are written without webdataset's writer (ready members, appended), but every byte, and where
+    one shard ends and the next begins, stays what `webdataset.ShardWriter` makes of the same samples."""
+    import webdataset as wds
+
+    from photogenic.data.shards import ShardSink
+
+    samples = [
+        {
+            "__key__": f"s{i:04d}",
+            "png": bytes(range(256)) * (i % 5) + b"x" * (i * 37 % 700),  # sizes off, on and across 512-byte blocks
+            "txt": "a caption, ünïcode" * (i % 3),
+            "json": {"key": f"s{i}", "n": i},
+        }
+        for i in range(23)
+    ]
+    for max_samples, max_bytes in ((5, 1 << 30), (100, 2_000)):
+        ours = open_store(str(tmp_path / f"ours-{max_samples}"))
+        with ShardSink(ours, "shards", max_samples, max_bytes) as sink:
+            for sample in samples:
+                sink.write(sample)
+        theirs = tmp_path / f"theirs-{max_samples}"
+        theirs.mkdir()
+        writer = wds.ShardWriter(
+            f"{theirs}/shard-%05d.tar", maxcount=max_samples, maxsize=max_bytes, verbose=0,
+            mtime=0, user="photogenic", group="photogenic", encoder=False,
+        )  # fmt: skip
+        for sample in samples:
+            writer.write({k: v if k.startswith("_") or isinstance(v, bytes) else
+                          (v.encode() if isinstance(v, str) else json.dumps(v, sort_keys=True).encode())
+                          for k, v in sample.items()})  # fmt: skip
+        writer.close()
+        expected = sorted(theirs.iterdir())
+        assert len(expected) > 1, "the limits must split the samples into several shards"
+        assert [s.ref.key for s in sink.shards] == [f"shards/{p.name}" for p in expected]
+        for info, path in zip(sink.shards, expected, strict=True):
+            assert (Path(ours.root) / info.ref.key).read_bytes() == path.read_bytes(), path.name
+        assert sum(s.samples for s in sink.shards) == len(samples)

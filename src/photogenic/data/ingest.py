@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from photogenic.config import Config, fingerprint, to_dict
 from photogenic.data.imaging import NearDuplicateIndex, inspect_image
-from photogenic.data.shards import ShardSink, scratch_dir
+from photogenic.data.shards import ShardSink, TarSample, scratch_dir, tar_sample
 from photogenic.data.sources import Chunk, RawRecord, Source, SourceError, load_chunk, make_source
 from photogenic.manifest import SCHEMA_VERSION, Manifest, ObjectRef, stage_output
 from photogenic.progress import Progress
@@ -66,6 +66,7 @@ class Prepared:
     meta: dict[str, Any] = field(default_factory=dict)
     meta_json: bytes = b""  # meta, encoded off the single consumer process
     oracle_json: str | None = None
+    members: TarSample | None = None  # the sample's tar members, built off the single consumer process
 
 
 def _prepare_chunk(chunk: Chunk) -> list[Prepared]:
@@ -77,13 +78,16 @@ def _prepare_chunk(chunk: Chunk) -> list[Prepared]:
         meta = {"key": record.key, "source_ref": record.source_ref, **info, "image_member": ext}
         if record.extra:
             meta["extra"] = record.extra
-        # JSON is encoded here, in the workers: the single consumer process is the bottleneck.
+        # JSON and tar members are made here, in the workers: the single consumer process is the bottleneck.
         meta_json = json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()
         oracle_json = None
         if record.oracle is not None:
             oracle_json = json.dumps({"key": key, **record.oracle}, sort_keys=True)
             record.oracle = None
-        out.append(Prepared(record, info, phash, key, ext, meta, meta_json, oracle_json))
+        members = None
+        if key and not record.problem:  # what the consumer writes unless it finds a duplicate or a key clash
+            members = tar_sample({"__key__": key, ext: record.image, "txt": record.caption or b"", "json": meta_json})
+        out.append(Prepared(record, info, phash, key, ext, meta, meta_json, oracle_json, members))
     return out
 
 
@@ -199,9 +203,8 @@ class _Ingestor:
         self.keys[key] = (record.key, record.source_ref)
         if item.info.get("decodable") and self._is_duplicate(key, item):
             return
-        self.samples.write(
-            {"__key__": key, item.ext: record.image, "txt": record.caption or b"", "json": item.meta_json}
-        )
+        assert item.members is not None
+        self.samples.append(item.members)
         if item.oracle_json is not None:
             self.oracle.write(item.oracle_json)
         if self.index is not None:

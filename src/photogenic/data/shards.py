@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,10 +17,22 @@ from photogenic.config import StorageConfig
 from photogenic.manifest import Manifest, ObjectRef
 from photogenic.storage import Store
 
-__all__ = ["ShardSink", "ShardInfo", "iter_shard", "iter_dataset", "dataset_shards", "IMAGE_EXTS", "scratch_dir"]
+__all__ = [
+    "ShardSink",
+    "ShardInfo",
+    "TarSample",
+    "tar_sample",
+    "iter_shard",
+    "iter_dataset",
+    "dataset_shards",
+    "IMAGE_EXTS",
+    "scratch_dir",
+]
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff", "bin")
 _MTIME = 0  # fixed member times: the same samples give byte-identical shards
+_OWNER = "photogenic"
+_MODE = 0o444
 
 
 _SCRATCH = re.compile(r"^photogenic-[a-z]+-(\d+)-")
@@ -61,13 +74,41 @@ class ShardInfo:
     samples: int
 
 
+@dataclass(frozen=True)
+class TarSample:
+    """One sample's tar members, ready to append: headers, contents and padding, and the contents' size."""
+
+    members: bytes
+    size: int
+
+
+def tar_sample(sample: dict[str, Any]) -> TarSample:
+    """A sample as the tar members webdataset's writer makes of it, byte for byte (USTAR headers, fixed
+    owner, mode and time, members in the order of their extensions; fields starting with `_` are left
+    out), built wherever it is cheapest: ingestion builds them in its worker processes, so the one
+    process that writes the shards only appends bytes."""
+    key = sample["__key__"]
+    parts, size = [], 0
+    for ext in sorted(k for k in sample if not k.startswith("_")):
+        data = _encode(ext, sample[ext])
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), _MTIME, _MODE
+        info.uname = info.gname = _OWNER
+        parts += [info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"), data]
+        parts.append(tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE))
+        size += len(data)
+    return TarSample(b"".join(parts), size)
+
+
 @dataclass
 class ShardSink:
     """Writes samples into tar shards of bounded size under `prefix` of a store.
 
     Each finished shard is uploaded at once and its local copy removed, so memory and local disk
     stay bounded by one shard. An object that already holds the same bytes is not uploaded again,
-    which makes re-runs cheap.
+    which makes re-runs cheap. A shard is finished before the sample that would go past `max_samples`,
+    or after the one that reached `max_bytes` of contents (webdataset's `ShardWriter` rule: the same
+    samples give the same shards as before).
     """
 
     store: Store
@@ -78,9 +119,13 @@ class ShardSink:
     shards: list[ShardInfo] = field(default_factory=list)
     uploaded: int = 0
     reused: int = 0
-    _writer: Any = None
+    _file: Any = None
+    _path: Path | None = None
     _tmp: tempfile.TemporaryDirectory | None = None
     _count: int = 0
+    _size: int = 0  # contents written to the open shard
+    _written: int = 0  # bytes written to the open shard
+    _next_index: int = 0
 
     def __enter__(self) -> ShardSink:
         return self
@@ -90,30 +135,40 @@ class ShardSink:
 
     def write(self, sample: dict[str, Any]) -> None:
         """Write one sample: `__key__` plus extension -> bytes (or str, or a JSON-able dict for `json`)."""
-        if self._writer is None:
-            import webdataset as wds
+        self.append(tar_sample(sample))
 
-            self._tmp = scratch_dir("shards")
-            self._writer = wds.ShardWriter(
-                f"{self._tmp.name}/{self.name}-%05d.tar",
-                maxcount=self.max_samples,
-                maxsize=self.max_bytes,
-                post=self._finished,
-                verbose=0,
-                mtime=_MTIME,
-                user="photogenic",
-                group="photogenic",
-                encoder=False,
-            )
-        encoded = {k: _encode(k, v) for k, v in sample.items()}
-        self._writer.write(encoded)  # may finish the previous shard first (-> _finished)
+    def append(self, sample: TarSample) -> None:
+        """Write one sample's ready members (see `tar_sample`)."""
+        if self._file is None or self._count >= self.max_samples or self._size >= self.max_bytes:
+            self._next_shard()
+        self._file.write(sample.members)
+        self._written += len(sample.members)
         self._count += 1
+        self._size += sample.size
 
-    def _finished(self, path: str) -> None:
-        count, self._count = self._count, 0
-        if count == 0:
+    def _next_shard(self) -> None:
+        self._finish_shard()
+        if self._tmp is None:
+            self._tmp = scratch_dir("shards")
+        self._path = Path(self._tmp.name) / f"{self.name}-{self._next_index:05d}.tar"
+        self._next_index += 1
+        self._file = open(self._path, "wb")  # noqa: SIM115
+        self._count = self._size = self._written = 0
+
+    def _finish_shard(self) -> None:
+        """End the open shard as tarfile does (two zero blocks, then zeros to a whole record) and upload it."""
+        if self._file is None:
             return
-        key = f"{self.prefix}/{Path(path).name}"
+        end = tarfile.NUL * (2 * tarfile.BLOCKSIZE)
+        end += tarfile.NUL * (-(self._written + len(end)) % tarfile.RECORDSIZE)
+        self._file.write(end)
+        self._file.close()
+        self._file = None
+        if self._count:
+            self._upload(self._path)
+
+    def _upload(self, path: Path) -> None:
+        key = f"{self.prefix}/{path.name}"
         from photogenic.storage import ObjectNotFoundError, sha256_file
 
         digest = sha256_file(path)
@@ -127,16 +182,15 @@ class ShardSink:
         else:
             info = self.store.put_file(key, path)
             self.uploaded += 1
-        Path(path).unlink()
-        self.shards.append(ShardInfo(ObjectRef.of(info), count))
+        path.unlink()
+        self.shards.append(ShardInfo(ObjectRef.of(info), self._count))
 
     def close(self, upload: bool = True) -> None:
-        if self._writer is not None:
-            if upload:
-                self._writer.close()
-            else:  # an error is on its way out: drop the half-written shard
-                self._writer.tarstream.close()
-            self._writer = None
+        if upload:
+            self._finish_shard()
+        elif self._file is not None:  # an error is on its way out: drop the half-written shard
+            self._file.close()
+            self._file = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
