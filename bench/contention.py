@@ -3,8 +3,9 @@
     .venv/bin/python bench/contention.py [--preset demo] [--recipe pretrain] [--steps 150]
 
 Four runs of the same recipe, each from scratch: idle and busy (a second process spinning on one core),
-each with the trainer's adaptive thread count (`train.cpu_threads=0`, the default) and with every CPU's
-thread pinned (`train.cpu_threads=<CPUs>`, the behaviour before the tuner). Throughput is samples per
+each with the trainer's adaptive thread count (`train.adapt_threads=true`) and with a thread on every CPU,
+fixed (`train.cpu_threads=<CPUs>`: the default count, and the default since adapting made runs' bits follow
+the load). Throughput is samples per
 second of the training steps (the first 5 left out), build and export excluded.
 Writes bench/results/contention.md.
 """
@@ -69,24 +70,25 @@ def main() -> None:
     ]
     rows = []
     for load in ("idle", "busy"):
-        for threads in (0, cpus):
+        for adapt in (True, False):
             spinner = None
             if load == "busy":
                 spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
                 time.sleep(1)
             try:
-                overrides = [*base_overrides, *settings, f"train.cpu_threads={threads}"]
-                out = Path(args.workspace, "contention", f"{load}-{threads}")
+                threads = f"train.adapt_threads={str(adapt).lower()}"
+                overrides = [*base_overrides, *settings, f"train.cpu_threads={cpus}", threads]
+                out = Path(args.workspace, "contention", f"{load}-{'adaptive' if adapt else 'fixed'}")
                 rate, counts = run(args.preset, overrides, args.recipe, data, base, out)
             finally:
                 if spinner is not None:
                     spinner.kill()
                     spinner.wait()
             mix = ", ".join(f"{n}: {counts.count(n)}" for n in sorted(set(counts), reverse=True))
-            rows.append((load, threads, rate, mix))
+            rows.append((load, adapt, rate, mix))
             print(rows[-1], flush=True)
     idle = {t: r for load, t, r, _ in rows if load == "idle"}
-    label = {0: "adaptive (`cpu_threads=0`)", cpus: f"pinned to {cpus} (`cpu_threads={cpus}`)"}
+    label = {True: "adaptive (`adapt_threads=true`)", False: f"fixed at {cpus} (the default)"}
     lines = [
         "# Training throughput with a competing process",
         "",
@@ -98,10 +100,10 @@ def main() -> None:
         f"- command: `.venv/bin/python bench/contention.py --preset {args.preset} --recipe {args.recipe} "
         f"--steps {args.steps}`",
         "",
-        "| machine | threads | samples/s | vs idle, same threads | vs idle, pinned | steps per thread count |",
+        "| machine | threads | samples/s | vs idle, same threads | vs idle, fixed | steps per thread count |",
         "|---|---|---:|---:|---:|---|",
         *(
-            f"| {load} | {label[t]} | {rate:.1f} | {rate / idle[t]:.2f} | {rate / idle[cpus]:.2f} | {mix} |"
+            f"| {load} | {label[t]} | {rate:.1f} | {rate / idle[t]:.2f} | {rate / idle[False]:.2f} | {mix} |"
             for load, t, rate, mix in rows
         ),
         "",

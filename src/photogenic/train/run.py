@@ -28,7 +28,7 @@ RECIPES: dict[str, type[Trainer]] = {
 
 
 # Train settings that do not change what a run computes (threads change the last bits of sums at most)
-_RUN_NEUTRAL = {"collective_timeout_s", "cpu_threads"}
+_RUN_NEUTRAL = {"collective_timeout_s", "cpu_threads", "adapt_threads"}
 
 
 def _run_train_settings(recipe: str, config: Config) -> dict[str, Any]:

@@ -1,16 +1,17 @@
-"""CPU threads for training: as many as this process may use, and fewer while the machine is busy.
+"""CPU threads for training: as many as this process may use, fixed by default, or adapted to the load.
 
 An intra-op parallel region ends when its slowest thread does. With another process on one of two
 cores, each of the trainer's two threads waits on the one that shares its core, every region: a demo
 step went from 0.50 s to 1.58 s (0.32x throughput), while one thread on the free core took 0.83 s
 (0.60x) and two threads idle-waiting passively 0.93 s (but 0.53-0.60 s on an idle machine; bench/results/
-contention.md). So the trainer keeps the thread count that steps fastest *now*: every so often it runs a
-few steps with half (or double) the threads and keeps whichever was faster.
+contention.md). `train.adapt_threads=true` keeps the thread count that steps fastest *now*: every so
+often it runs a few steps with half (or double) the threads and keeps whichever was faster.
 
-Probes fall on fixed step numbers (a resumed run's too), so two runs whose machine stays as busy or as
-idle throughout take the same path and write the same bits; a change of load may change the thread count
-or trigger an early probe, and with it the last bits of the sums (a run is then as reproducible as its
-machine's load). `train.cpu_threads=N` pins N threads and never probes.
+The thread count changes the order of float sums (a convolution's weight gradient differs in its last
+bits between 1 and 2 threads), so adapting makes a run's bits follow its machine's load: two demos of
+the same code and config, one beside other work, got different models (docs/results.md). That is why
+the default is a fixed count, every CPU the process may use: the same config on the same kind of
+machine then gives the same bytes, busy or idle, only slower when busy.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ class ThreadTuner:
     """Chooses torch's intra-op thread count between steps.
 
     Args:
-        threads: the count to pin (no probing); 0 to adapt, starting from torch's count (which follows
-            $OMP_NUM_THREADS: torchrun sets 1 per rank) capped by `available_cpus()`.
+        threads: the count, or 0 for torch's count (which follows $OMP_NUM_THREADS: torchrun sets 1 per
+            rank) capped by `available_cpus()`.
+        adapt: probe and change the count as the load changes (see the module's doc for the cost);
+            probes fall on fixed step numbers (a resumed run's too), and steps 25% slower than when
+            the count was chosen call one at once.
         first_probe: the step of the first probe; later gaps double while probes lose (to `max_gap`),
             and start again from `first_probe` steps when one wins.
         slowdown: steps this much slower than when the count was last chosen (1.25: 25%) mean the
@@ -59,6 +63,7 @@ class ThreadTuner:
     def __init__(
         self,
         threads: int = 0,
+        adapt: bool = False,
         first_probe: int = 20,
         probe_steps: int = 4,
         window: int = 8,
@@ -68,7 +73,7 @@ class ThreadTuner:
         enabled: bool = True,
     ) -> None:
         self.max_threads = threads or min(torch.get_num_threads(), available_cpus())
-        self.adapt = enabled and not threads and self.max_threads > 1
+        self.adapt = enabled and adapt and self.max_threads > 1
         self.current = self.max_threads
         self.first_probe, self.gap, self.max_gap = first_probe, first_probe, max_gap
         self.probe_steps, self.margin, self.slowdown = probe_steps, margin, slowdown

@@ -163,7 +163,8 @@ class Trainer:
 
     def build(self) -> None:
         self.dist = setup_distributed(self.config.train.collective_timeout_s)
-        self.threads = ThreadTuner(self.config.train.cpu_threads, enabled=self.dist.device.type == "cpu")
+        train = self.config.train
+        self.threads = ThreadTuner(train.cpu_threads, adapt=train.adapt_threads, enabled=self.dist.device.type == "cpu")
         torch.manual_seed(self.config.train.seed)  # the same initial weights on every rank
         self.micro = micro_batch_size(self.settings, self.dist.world_size, self.recipe)
         self.image_size = self.config.world.image_size
