@@ -22,7 +22,7 @@ from photogenic.evaluate import (
     outcome_table,
     panel_pairs,
 )
-from photogenic.judges import load_judge, pairwise_agreement, train_judges
+from photogenic.judges import load_judge, pairwise_agreement, render_labelled, train_judges
 from photogenic.manifest import ObjectRef, publish, read_manifest
 from photogenic.raters import export_pairs, import_votes
 from photogenic.storage import join_uri, open_store
@@ -65,6 +65,15 @@ def test_judge_sets_are_rendered_from_different_seeds(emu: dict[str, Any]) -> No
     config = _config(emu["ws"])
     meta = {p: load_judge(r.uri, config).meta["train_world"]["seed"] for p, r in emu["judges"].items()}
     assert meta["curation"] != meta["evaluation"] != config.world.seed
+
+
+def test_judges_render_in_worker_processes_the_same_arrays_as_one_process() -> None:
+    world = WorldConfig(seed=7, num_samples=1_234)  # not a multiple of the block size
+    images, labels = render_labelled(world, workers=2)
+    expected_images, expected_labels = labelled_renders(world, 0, world.num_samples)
+    assert images.shape == expected_images.shape and np.array_equal(images, expected_images)
+    assert labels.keys() == expected_labels.keys()
+    assert all(np.array_equal(labels[k], expected_labels[k]) for k in labels)
 
 
 def test_pairwise_agreement_counts_only_pairs_beyond_the_margin() -> None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from photogenic.config import Config, ConfigError, WorldConfig, fingerprint, to_dict
+from photogenic.data.ingest import bounded_map
 from photogenic.manifest import Manifest, ObjectRef, manifest_file, publish, read_manifest, stage_output
 from photogenic.progress import Progress
 from photogenic.storage import open_store
@@ -182,6 +183,28 @@ def _loss(out: dict[str, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Ten
     return loss
 
 
+_RENDER_BLOCK = 500  # renders per task of a worker process
+
+
+def _render_block(block: tuple[WorldConfig, int, int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return labelled_renders(*block)
+
+
+def render_labelled(
+    world: WorldConfig, workers: int, progress: Progress | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`labelled_renders` of the whole world in blocks over `workers` processes: the same arrays as one
+    process makes (each scene's randomness is its own index's), in as many times less time as there are
+    free cores."""
+    blocks = [(world, s, min(s + _RENDER_BLOCK, world.num_samples)) for s in range(0, world.num_samples, _RENDER_BLOCK)]
+    parts = []
+    for images, labels in bounded_map(_render_block, blocks, workers):
+        parts.append((images, labels))
+        if progress is not None:
+            progress.update(len(images))
+    return np.concatenate([p[0] for p in parts]), {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
+
+
 def fit(
     net: JudgeNet, images: np.ndarray, labels: dict[str, np.ndarray], config: Config, seed: int, what: str = "judges"
 ) -> list[float]:
@@ -319,7 +342,7 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
     torch.manual_seed(seed)
     world = judge_world(config, purpose)
     with Progress(f"judges ({purpose}): rendering", world.num_samples, "image") as progress:
-        images, labels = labelled_renders(world, 0, world.num_samples, progress)
+        images, labels = render_labelled(world, config.data.workers, progress)
     net = JudgeNet(width, blocks=blocks)
     losses = fit(net, images, labels, config, seed, what=f"judges ({purpose}): training")
     meta = {
@@ -335,7 +358,7 @@ def train_judges(config: Config, purpose: Purpose, out: str | None = None, run: 
     judge = Judge(net, meta)
     holdout = judge_world(config, purpose, holdout=True)
     with Progress(f"judges ({purpose}): rendering held-out", holdout.num_samples, "image") as progress:
-        renders = labelled_renders(holdout, 0, holdout.num_samples, progress)
+        renders = render_labelled(holdout, config.data.workers, progress)
     metrics = validate_judge(judge, *renders, config.evaluate.tie_margin)
     meta.update(metrics=metrics, losses=losses, request=request)
     with tempfile.TemporaryDirectory() as tmp:
