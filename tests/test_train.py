@@ -264,6 +264,42 @@ def test_zero_stages_match_a_bare_pytorch_loop(tiny: dict[str, Any], tmp_path: P
         assert losses[stage] == pytest.approx(losses["bare"], rel=1e-4), (stage, losses)
 
 
+def test_a_compiled_denoiser_trains_as_the_eager_one(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """`train.pretrain.compile` (torch.compile through DeepSpeed, inductor's C++ on CPU) computes the same
+    training as eager PyTorch, up to float rounding, and its run keeps the eager module's weight names."""
+    overrides = ["train.pretrain.steps=3", "train.pretrain.checkpoint_every=0", "train.pretrain.ema_decay=0"]
+    runs = {}
+    for compiled in (False, True):
+        config = _config(tiny["ws"], *overrides, f"train.pretrain.compile={str(compiled).lower()}")
+        trainer = _LossRecorder(
+            config=config, data_uri=tiny["data"], out=str(tmp_path / f"c{compiled}"), base=tiny["ae"],
+            progress=False, recipe="pretrain",
+        )  # fmt: skip
+        trainer.train()
+        assert trainer.engine.is_compiled is compiled
+        runs[compiled] = trainer
+    assert runs[True].losses == pytest.approx(runs[False].losses, rel=1e-4)
+    eager, compiled = (runs[c].model.state_dict() for c in (False, True))
+    assert eager.keys() == compiled.keys()
+    # Adam's first steps move a weight whose gradient is near zero by about the learning rate whichever way
+    # rounding tips it, so weights are compared as a whole, and by what the two models compute.
+    flat = {c: torch.cat([v.flatten().float() for v in sd.values()]) for c, sd in ((False, eager), (True, compiled))}
+    assert (flat[True] - flat[False]).norm() < 1e-3 * flat[False].norm()
+    unet = runs[False].model
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size, generator=g)
+    context = torch.randn(2, 4, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        out = {c: runs[c].model(x, torch.tensor([10, 500]), encoder_hidden_states=context).sample for c in runs}
+    torch.testing.assert_close(out[True], out[False], rtol=1e-3, atol=1e-3)
+
+
+def test_compiling_the_autoencoder_is_a_clear_error(tiny: dict[str, Any], tmp_path: Path) -> None:
+    config = _config(tiny["ws"], "train.autoencoder.compile=true", "train.autoencoder.steps=1")
+    with pytest.raises(ConfigError, match="train.autoencoder.compile"):
+        train("autoencoder", config, tiny["data"], out=str(tmp_path / "ae"), progress=False)
+
+
 def test_a_runs_identity_is_its_inputs_its_recipe_and_the_shared_settings(tmp_path: Path) -> None:
     """Tuning one recipe must not send the others to train again; what does change a result must."""
     recipes = ("autoencoder", "pretrain", "quality_tune")

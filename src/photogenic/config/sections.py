@@ -187,6 +187,11 @@ class RecipeConfig:
         "Regex (re.search) of parameter names that stay frozen; empty: all train (see DECODER_SIDE).",
         "",
     )
+    compile: bool = doc(
+        "torch.compile the denoiser's training step (DeepSpeed's engine.compile; needs a C++ compiler on CPU): "
+        "0.86x the demo step on 2 CPU cores after about 2 minutes of compiling (bench/results/step_variants.md).",
+        False,
+    )
 
 
 # The quality-tuning default of `frozen_params`, in diffusers' UNet2DConditionModel names (a Stable

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 from typing import Any
 
 import torch
 
 from photogenic.config import ConfigError, RecipeConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "adamw",
@@ -19,6 +23,7 @@ __all__ = [
     "lr_lambda",
     "wrap",
     "gathered_copy",
+    "compile_engine",
 ]
 
 
@@ -128,6 +133,25 @@ def adamw(params: list[torch.nn.Parameter], recipe: RecipeConfig) -> torch.optim
     return torch.optim.AdamW(
         params, lr=recipe.learning_rate, weight_decay=recipe.weight_decay, betas=(0.9, 0.999), fused=True
     )
+
+
+def compile_engine(engine: Any, recipe: str, device: torch.device) -> None:
+    """`train.<recipe>.compile`: torch.compile the engine's module in place (DeepSpeed's `engine.compile`,
+    inductor). Copies of the module (EMA export, sample grids, validation) stay eager."""
+    key = f"train.{recipe}.compile"
+    if recipe == "autoencoder":
+        raise ConfigError(f"config key {key!r}: the autoencoder's step calls encode and decode, which compiling misses")
+    if device.type == "cpu":
+        import shutil
+
+        compiler = os.environ.get("CXX") or "g++"
+        if not (shutil.which(compiler) or shutil.which("clang++")):
+            raise ConfigError(
+                f"config key {key!r} is true but this machine has no C++ compiler ({compiler!r} is not on PATH), "
+                f"which torch.compile needs on CPU: install g++ or set {key}=false"
+            )
+    log.info("%s: compiling the model (torch.compile, inductor); the first step takes minutes", recipe)
+    engine.compile()
 
 
 def gathered_copy(engine: Any) -> torch.nn.Module:

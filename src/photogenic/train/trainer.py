@@ -23,7 +23,14 @@ from photogenic.progress import Progress
 from photogenic.storage import join_uri, open_store
 from photogenic.train.checkpoint import Checkpoints
 from photogenic.train.data import RankData, load_rank_data
-from photogenic.train.deepspeed_config import clips_in_trainer, deepspeed_config, micro_batch_size, wrap, zero_stage
+from photogenic.train.deepspeed_config import (
+    clips_in_trainer,
+    compile_engine,
+    deepspeed_config,
+    micro_batch_size,
+    wrap,
+    zero_stage,
+)
 from photogenic.train.distributed import Dist, setup_distributed
 from photogenic.train.early_stopping import EarlyStopping
 from photogenic.train.rehearsal import REHEARSAL_SEED, rehearsal_share
@@ -176,6 +183,8 @@ class Trainer:
         self.engine, self.optimizer, self.scheduler = wrap(
             self.model, self.config.train, self.settings, self.recipe, self.dist.world_size
         )
+        if self.settings.compile:
+            compile_engine(self.engine, self.recipe, self.dist.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.clip = self.settings.grad_clip if clips_in_trainer(self.config.train, self.dist.world_size) else 0.0
         self.checkpoints = Checkpoints(
