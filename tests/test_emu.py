@@ -69,11 +69,14 @@ def test_judge_sets_are_rendered_from_different_seeds(emu: dict[str, Any]) -> No
 
 def test_judges_render_in_worker_processes_the_same_arrays_as_one_process() -> None:
     world = WorldConfig(seed=7, num_samples=1_234)  # not a multiple of the block size
-    images, labels = render_labelled(world, workers=2)
     expected_images, expected_labels = labelled_renders(world, 0, world.num_samples)
-    assert images.shape == expected_images.shape and np.array_equal(images, expected_images)
-    assert labels.keys() == expected_labels.keys()
-    assert all(np.array_equal(labels[k], expected_labels[k]) for k in labels)
+    for workers in (1, 2):
+        images, labels = render_labelled(world, workers=workers)
+        assert images.shape == expected_images.shape and np.array_equal(images, expected_images)
+        # the same layout too: torch picks its convolution algorithms (and their sums) by the strides
+        assert images.flags.c_contiguous and images.strides == expected_images.strides
+        assert labels.keys() == expected_labels.keys()
+        assert all(np.array_equal(labels[k], expected_labels[k]) for k in labels)
 
 
 def test_pairwise_agreement_counts_only_pairs_beyond_the_margin() -> None:

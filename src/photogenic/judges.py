@@ -193,9 +193,8 @@ def _render_block(block: tuple[WorldConfig, int, int]) -> tuple[np.ndarray, dict
 def render_labelled(
     world: WorldConfig, workers: int, progress: Progress | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """`labelled_renders` of the whole world in blocks over `workers` processes: the same arrays as one
-    process makes (each scene's randomness is its own index's), in as many times less time as there are
-    free cores."""
+    """`labelled_renders` of the whole world in blocks over `workers` processes: the same arrays, in the
+    same memory layout, whatever the number of workers (each scene's randomness is its own index's)."""
     blocks = [(world, s, min(s + _RENDER_BLOCK, world.num_samples)) for s in range(0, world.num_samples, _RENDER_BLOCK)]
     parts = []
     for images, labels in bounded_map(_render_block, blocks, workers):

@@ -518,7 +518,9 @@ def labelled_renders(
         "color": np.asarray(color, dtype=np.int64),
         "background": np.asarray(background, dtype=np.int64),
     }
-    return np.stack(images), labels
+    # C-contiguous (N, C, H, W): stacking the transposed views would keep each image's (H, W, C) memory
+    # order, and torch then runs the judges' convolutions channels-last, in other float sums.
+    return np.ascontiguousarray(np.stack(images)), labels
 
 
 def iter_world(config: WorldConfig, start: int = 0, stop: int | None = None) -> Iterator[WorldSample]:

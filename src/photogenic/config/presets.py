@@ -60,7 +60,7 @@ def tiny() -> Config:
 
 @preset
 def demo() -> Config:
-    """The default local run: the whole pipeline on 2 idle CPU cores in about 70 minutes.
+    """The default local run: the whole pipeline on 2 idle CPU cores in about 65 minutes.
 
     Its latent is 16x16 with 4 channels (one halving of the 32 px image), not the product's default of
     16 channels at a quarter of the side (8x8 here): both hold as many numbers, the 16x16x4 one
