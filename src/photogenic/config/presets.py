@@ -70,7 +70,7 @@ def demo() -> Config:
     return Config(
         preset="demo",
         model=ModelConfig(latent_channels=4, autoencoder_channels=(16, 32)),
-        # Compiling costs about 2 minutes and saves 14% of each of the 4,000 steps (bench/results/step_variants.md).
+        # Compiling costs about 2 minutes; the 4,000 steps repay it (bench/results/trainer_step_pretrain.md).
         train=TrainConfig(pretrain=dataclasses.replace(TrainConfig().pretrain, steps=4_000, compile=True)),
     )
 

@@ -262,6 +262,13 @@ class TrainConfig:
     )
     quality_tune: RecipeConfig = doc("Quality-tuning on the curated needles.", _qt_recipe)
 
+    def __post_init__(self) -> None:
+        if self.autoencoder.compile:
+            raise ConfigError(
+                "config key 'train.autoencoder.compile' cannot be true: the autoencoder's step calls encode and "
+                "decode, which compiling misses"
+            )
+
 
 @dataclass(frozen=True)
 class JudgesConfig:

@@ -62,9 +62,7 @@ class Prepared:
     info: dict[str, Any]
     phash: int | None
     key: str = ""  # the tar key
-    ext: str = ""  # the image member's extension
     meta: dict[str, Any] = field(default_factory=dict)
-    meta_json: bytes = b""  # meta, encoded off the single consumer process
     oracle_json: str | None = None
     members: TarSample | None = None  # the sample's tar members, built off the single consumer process
 
@@ -87,7 +85,7 @@ def _prepare_chunk(chunk: Chunk) -> list[Prepared]:
         members = None
         if key and not record.problem:  # what the consumer writes unless it finds a duplicate or a key clash
             members = tar_sample({"__key__": key, ext: record.image, "txt": record.caption or b"", "json": meta_json})
-        out.append(Prepared(record, info, phash, key, ext, meta, meta_json, oracle_json, members))
+        out.append(Prepared(record, info, phash, key, meta, oracle_json, members))
     return out
 
 
