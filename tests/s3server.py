@@ -142,7 +142,12 @@ class SeaweedS3:
                 last = exc
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not become ready in {timeout}s: {last}")
+        disk = shutil.disk_usage(self.data_dir)
+        raise RuntimeError(
+            f"SeaweedFS did not become ready in {timeout}s: {last}. Free disk at {self.data_dir}: "
+            f"{disk.free / 2**30:.1f} GiB of {disk.total / 2**30:.0f} GiB (its volume server turns read-only "
+            "under 1% free)"
+        )
 
     def stop(self, grace: float = 2.0) -> None:
         """Stop the server. weed ignores SIGTERM, so SIGKILL follows a short grace period."""
