@@ -158,3 +158,18 @@ def test_an_image_is_explained_the_same_from_pil_or_array() -> None:
     a, b = explain(image, PANEL), explain(np.asarray(image), PANEL)
     assert a == b
     assert isinstance(image, Image.Image)
+
+
+def test_explaining_in_worker_processes_gives_the_same_explanations_in_order() -> None:
+    """The evaluation explains its images over `data.workers` processes, in blocks: the same explanations,
+    in the same order, as one process, and a progress count of every image."""
+    from photogenic.panel import _EXPLAIN_BLOCK, explain_all
+    from photogenic.progress import Progress
+
+    world = WorldConfig(seed=4_321)
+    images = [render_scene(scene_at(world, i), 32) for i in range(_EXPLAIN_BLOCK + 9)]  # a partial last block
+    one = explain_all(images, PANEL)
+    progress = Progress("explaining", len(images), "image", enabled=False)
+    two = explain_all(images, PANEL, workers=2, progress=progress)
+    assert two == one and len(one) == len(images)
+    assert progress.done == len(images)

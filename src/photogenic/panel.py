@@ -27,6 +27,8 @@ from PIL import Image, ImageFilter
 from scipy import ndimage
 
 from photogenic.config import PanelConfig
+from photogenic.data.ingest import bounded_map
+from photogenic.progress import Progress
 from photogenic.world import (
     APPEAL_WEIGHTS,
     BACKGROUNDS,
@@ -160,9 +162,26 @@ def _within_world(scene: Scene) -> bool:
     return scene.noise <= 0.09 and 0.12 <= scene.radius <= 0.6
 
 
-def explain_all(images: list[Any], config: PanelConfig) -> list[Explanation]:
-    """`explain` for every image, in order."""
+_EXPLAIN_BLOCK = 64  # images per task of a worker process
+
+
+def _explain_block(block: tuple[list[Any], PanelConfig]) -> list[Explanation]:
+    images, config = block
     return [explain(image, config) for image in images]
+
+
+def explain_all(
+    images: list[Any], config: PanelConfig, workers: int = 1, progress: Progress | None = None
+) -> list[Explanation]:
+    """`explain` for every image, in order, in blocks over `workers` processes: the same explanations
+    whatever the number of workers (each depends on its image alone). About 80 ms an image on one core."""
+    blocks = [(images[i : i + _EXPLAIN_BLOCK], config) for i in range(0, len(images), _EXPLAIN_BLOCK)]
+    found: list[Explanation] = []
+    for part in bounded_map(_explain_block, blocks, workers):
+        found.extend(part)
+        if progress is not None:
+            progress.update(len(part))
+    return found
 
 
 def _as_uint8(image: Any) -> np.ndarray:
@@ -207,8 +226,14 @@ def _grid_fit(
     base: np.ndarray, rows: np.ndarray, observed: np.ndarray, exposures: np.ndarray, depths: np.ndarray
 ) -> tuple[float, float, float]:
     gradient = 1.0 + depths[:, None] * 0.35 * (0.5 - rows[None, :])  # (D, N)
-    model = exposures[:, None, None, None] * gradient[None, :, :, None] * base[None, None, None, :]
-    error = np.median(np.abs(np.clip(model, 0, 1) - observed[None, None]).max(-1), axis=-1)  # (E, D)
+    lit = exposures[:, None, None] * gradient[None, :, :]  # (E, D, N)
+    # The largest channel error of each pixel, a channel at a time: the same numbers as one (E, D, N, 3)
+    # array reduced over its last axis, 5 times faster (numpy reduces a length-3 axis slowly).
+    distance = np.zeros_like(lit)
+    for channel in range(base.shape[-1]):
+        off = np.abs(np.clip(lit * base[channel], 0, 1) - observed[None, None, :, channel])
+        np.maximum(distance, off, out=distance)
+    error = np.median(distance, axis=-1)  # (E, D)
     e, d = np.unravel_index(int(np.argmin(error)), error.shape)
     return float(error[e, d]), float(exposures[e]), float(depths[d])
 
