@@ -202,7 +202,7 @@ def run_locally(
         progress = _Progress(log_file, console, _display_names(pipeline))
         local.init(runner=runner, pipeline_root=str(workspace / "kfp"))
         try:
-            with contextlib.redirect_stdout(progress), _quiet_runner_warning():
+            with contextlib.redirect_stdout(progress), _quiet_runner_warning(), _thread_safe_kfp_logging():
                 pipeline(
                     preset=preset,
                     overrides=items,
@@ -292,6 +292,49 @@ def _display_names(pipeline: Any) -> dict[str, str]:
         for key, task in component.get("dag", {}).get("tasks", {}).items():
             names[key] = task.get("taskInfo", {}).get("name", key)
     return names
+
+
+class _Shared:
+    """One context manager shared by threads: the first to enter enters `factory()`, the last to leave
+    leaves it."""
+
+    def __init__(self, factory: Any) -> None:
+        self.factory, self.lock, self.depth = factory, threading.Lock(), 0
+        self.stack: contextlib.ExitStack | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Any:
+        with self.lock:
+            if self.depth == 0:
+                self.stack = contextlib.ExitStack()
+                self.stack.enter_context(self.factory())
+            self.depth += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.depth -= 1
+                if self.depth == 0 and self.stack is not None:
+                    self.stack.close()
+                    self.stack = None
+
+
+@contextlib.contextmanager
+def _thread_safe_kfp_logging() -> Any:
+    """kfp.local (2.17) runs a ParallelFor's tasks in threads, and each task swaps the root logger's handlers
+    and `builtins.print` in and back out (`logging_utils.local_logger_context`, `indented_print`). Two at
+    once undo each other: when the task that started first ends first, the other logs its end with no
+    handler (the line "Task ... finished with status ..." is lost, and with it the task's console line and
+    its error), and `print` stays indented after both. For the run, the tasks share one of each."""
+    from kfp.local import logging_utils
+
+    saved = logging_utils.local_logger_context, logging_utils.indented_print
+    logging_utils.local_logger_context = _Shared(saved[0])
+    logging_utils.indented_print = _Shared(saved[1])
+    try:
+        yield
+    finally:
+        logging_utils.local_logger_context, logging_utils.indented_print = saved
 
 
 @contextlib.contextmanager

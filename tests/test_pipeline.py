@@ -592,6 +592,58 @@ def test_progress_counts_every_task_end_printed_by_parallel_tasks(tmp_path: Path
     assert {f"{i}:{j}" for i in range(8) for j in range(300)} == {line.split(" ")[0] for line in lines[:-1]}
 
 
+def _overlapping_kfp_tasks() -> str:
+    """Two kfp.local task threads in the order that loses a line: A starts, B starts, A ends, B logs its
+    end. Returns what reached stdout."""
+    import builtins
+    import contextlib
+    import logging
+
+    from kfp.local import logging_utils
+
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def a() -> None:
+        with logging_utils.local_logger_context(), logging_utils.indented_print():
+            a_in.set()
+            b_in.wait(5)
+        a_out.set()
+
+    def b() -> None:
+        a_in.wait(5)
+        with logging_utils.local_logger_context(), logging_utils.indented_print():
+            b_in.set()
+            a_out.wait(5)
+            logging.getLogger().info("Task 'b' finished with status SUCCESS")
+
+    out, handlers, level = io.StringIO(), logging.getLogger().handlers[:], logging.getLogger().level
+    original_print = builtins.print
+    with contextlib.redirect_stdout(out):
+        threads = [threading.Thread(target=f) for f in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    indented = builtins.print is not original_print
+    builtins.print = original_print  # what kfp.local left behind, undone for the rest of the session
+    logging.getLogger().handlers[:] = handlers
+    logging.getLogger().setLevel(level)
+    return out.getvalue() + ("print left indented" if indented else "")
+
+
+def test_parallel_kfp_tasks_keep_their_task_end_lines_and_leave_print_as_it_was() -> None:
+    """kfp.local's tasks each swap the root logger's handlers and `print` in and out; in a ParallelFor
+    they undo each other (reproduced here), and a run printed one ingest partition's end only. The run
+    makes them share one of each."""
+    from photogenic.pipelines.local import _thread_safe_kfp_logging
+
+    lost = _overlapping_kfp_tasks()
+    assert "Task 'b' finished" not in lost and lost.endswith("print left indented")  # kfp 2.17 as it is
+    with _thread_safe_kfp_logging():
+        kept = _overlapping_kfp_tasks()
+    assert "Task 'b' finished with status SUCCESS" in kept and not kept.endswith("print left indented")
+
+
 def test_a_runs_config_is_resolved_once_and_read_back_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """open-run publishes the resolved config; every later task reads that file, named by its bytes."""
     from photogenic import tasks
