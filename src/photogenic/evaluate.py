@@ -258,13 +258,12 @@ def panel_pairs(images_a: list[Any], images_b: list[Any], prompts: list[Prompt],
     as a scene, the scene's oracle appeal and concepts, and the simulated raters' majority votes. It is
     trustworthy when it could explain at least `panel.min_explained` of each model's images."""
     asked = [p for p in prompts for _ in range(seeds)]
-    progress = Progress("evaluate: the panel explaining images", len(images_a) + len(images_b), "image")
     workers = config.data.workers
-    found = {
-        "a": explain_all(images_a, config.panel, workers, progress),
-        "b": explain_all(images_b, config.panel, workers, progress),
-    }
-    progress.close()
+    with Progress("evaluate: the panel explaining images", len(images_a) + len(images_b), "image") as progress:
+        found = {
+            "a": explain_all(images_a, config.panel, workers, progress),
+            "b": explain_all(images_b, config.panel, workers, progress),
+        }
     appeal = {k: np.array([e.appeal for e in v]) for k, v in found.items()}
     shows = {
         k: np.array([e.shows(p.shape, p.color, p.background) for e, p in zip(v, asked, strict=True)])

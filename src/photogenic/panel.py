@@ -174,7 +174,8 @@ def explain_all(
     images: list[Any], config: PanelConfig, workers: int = 1, progress: Progress | None = None
 ) -> list[Explanation]:
     """`explain` for every image, in order, in blocks over `workers` processes: the same explanations
-    whatever the number of workers (each depends on its image alone). About 80 ms an image on one core."""
+    whatever the number of workers (each depends on its image alone). About 40 ms an image on one core
+    (bench/results/panel_explain.md)."""
     blocks = [(images[i : i + _EXPLAIN_BLOCK], config) for i in range(0, len(images), _EXPLAIN_BLOCK)]
     found: list[Explanation] = []
     for part in bounded_map(_explain_block, blocks, workers):
