@@ -294,6 +294,50 @@ def test_a_compiled_denoiser_trains_as_the_eager_one(tiny: dict[str, Any], tmp_p
     torch.testing.assert_close(out[True], out[False], rtol=1e-3, atol=1e-3)
 
 
+_CPU_BF16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
+@pytest.mark.skipif(not _CPU_BF16, reason="this CPU has no native bf16 (avx512_bf16 or AMX), which the test needs")
+def test_bf16_on_cpu_runs_the_forward_in_bf16_and_keeps_fp32_weights(tiny: dict[str, Any], tmp_path: Path) -> None:
+    """`train.precision=bf16` on CPU: the denoiser's convolutions compute in bf16 under autocast while its
+    weights, gradients and optimizer stay fp32, and the training follows the fp32 one up to bf16 rounding."""
+    overrides = ["train.pretrain.steps=3", "train.pretrain.checkpoint_every=0", "train.pretrain.ema_decay=0"]
+    seen: list[torch.dtype] = []
+
+    class Recorder(_LossRecorder):
+        def build(self) -> None:
+            super().build()
+            self.model.conv_in.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        trainer = Recorder(
+            config=_config(tiny["ws"], *overrides, f"train.precision={precision}"), data_uri=tiny["data"],
+            out=str(tmp_path / precision), base=tiny["ae"], progress=False, recipe="pretrain",
+        )  # fmt: skip
+        trainer.train()
+        assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}, precision
+        assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+        runs[precision] = trainer
+    assert runs["bf16"].losses == pytest.approx(runs["fp32"].losses, rel=0.05)
+    assert runs["bf16"].losses != runs["fp32"].losses  # a different computation, not fp32 under another name
+
+
+def test_bf16_on_a_cpu_without_it_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from photogenic.train.deepspeed_config import cpu_autocast, use_bf16
+
+    train = load_config("tiny", overrides=["train.precision=bf16"]).train
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="'train.precision' is 'bf16'.*avx512_bf16"):
+        cpu_autocast(train, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="'train.precision' is 'bf16'"):
+        use_bf16(train)
+    auto = load_config("tiny").train
+    assert not cpu_autocast(auto, torch.device("cpu")) and not use_bf16(auto)  # auto: fp32 on CPU
+
+
 def test_compiling_the_autoencoder_is_a_clear_error(tiny: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="train.autoencoder.compile"):  # when the config loads, before any work
         _config(tiny["ws"], "train.autoencoder.compile=true", "train.autoencoder.steps=1")

@@ -232,7 +232,11 @@ class TrainConfig:
         "Keep ZeRO on with one rank (off: nothing to partition, ~15% of a CPU step saved).",
         False,
     )
-    precision: Literal["auto", "fp32", "bf16"] = doc("'auto' uses bf16 where the hardware has it.", "auto")
+    precision: Literal["auto", "fp32", "bf16"] = doc(
+        "'auto': DeepSpeed bf16 on a GPU that has it, else fp32; 'bf16': that, or on CPU bf16 autocast "
+        "(needs avx512_bf16 or AMX; fp32 weights and optimizer).",
+        "auto",
+    )
     cpu_threads: int = doc(
         "Threads per rank on CPU: 0 every CPU the process may use (its affinity, a pod's CPU limit); N: N.",
         0,

@@ -26,6 +26,7 @@ from photogenic.train.data import RankData, load_rank_data
 from photogenic.train.deepspeed_config import (
     clips_in_trainer,
     compile_engine,
+    cpu_autocast,
     deepspeed_config,
     micro_batch_size,
     wrap,
@@ -187,6 +188,7 @@ class Trainer:
             compile_engine(self.engine, self.recipe, self.dist.device)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.clip = self.settings.grad_clip if clips_in_trainer(self.config.train, self.dist.world_size) else 0.0
+        self.autocast = cpu_autocast(self.config.train, self.dist.device)
         self.checkpoints = Checkpoints(
             store=open_store(join_uri(self.out, "checkpoints"), self.config.storage),
             local_dir=self.workdir / "checkpoints" / fingerprint(self.out)[:12],
@@ -222,7 +224,8 @@ class Trainer:
             yield micro, self.batch_indices(step, micro)
 
     def forward_backward_step(self, batch: Any, step: int, micro: int) -> float:
-        loss = self.compute_loss(batch, step, micro)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self.compute_loss(batch, step, micro)
         with phase("backward"):
             self.engine.backward(loss)
         with phase("optimizer"):
