@@ -199,6 +199,7 @@ def run_locally(
         runner = _runner(stack, pipeline, workspace, containers)
         log_file = stack.enter_context(open(log_path, "w", encoding="utf-8"))
         stack.enter_context(_no_process_group_env())
+        stack.enter_context(_stop_tasks_on_termination(console))
         progress = _Progress(log_file, console, _display_names(pipeline))
         local.init(runner=runner, pipeline_root=str(workspace / "kfp"))
         try:
@@ -247,6 +248,41 @@ def _runner(stack: contextlib.ExitStack, pipeline: Any, workspace: Path, contain
     use_image(pipeline, containers.image)
     stack.enter_context(task_handler(workspace))
     return container_runner(containers)
+
+
+@contextlib.contextmanager
+def _stop_tasks_on_termination(console: TextIO) -> Any:
+    """SIGTERM or SIGHUP to this process (`kill`, a closed terminal, a job runner's timeout) stops the
+    task processes too, as Ctrl-C does for a terminal's whole process group; left alone, a training task
+    would go on using the CPUs for the rest of its stage. Then the run exits with 128 + the signal."""
+    import os
+    import signal
+
+    import psutil
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def stop(signum: int, _frame: Any) -> None:
+        tasks = psutil.Process().children(recursive=True)
+        for task in tasks:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                task.terminate()
+        _, alive = psutil.wait_procs(tasks, timeout=10)
+        for task in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                task.kill()
+        name = signal.Signals(signum).name
+        console.write(f"{name} received: stopped the run and its {len(tasks)} task processes (pid {os.getpid()})\n")
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

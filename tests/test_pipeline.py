@@ -10,6 +10,7 @@ import tempfile
 import threading
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -197,6 +198,46 @@ def test_a_failing_stage_stops_the_run_with_its_own_error_and_fails_the_parent_r
     assert len(parents) == 1 and parents[0].info.status == "FAILED"
     assert parents[0].data.tags["photogenic.kfp_state"] == "FAILED" and parents[0].data.tags["photogenic.error"]
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_sigterm_to_a_local_run_stops_its_task_processes(tmp_path: Path) -> None:
+    """`kill <pid>` of `photogenic run` (or a closed terminal: SIGHUP) ends the tasks it started, as Ctrl-C
+    does; without that a training task goes on using the CPUs after its run is gone."""
+    import signal
+    import time
+
+    import psutil
+
+    photogenic = str(Path(sys.executable).with_name("photogenic"))
+    run = subprocess.Popen(
+        [photogenic, "run", "--preset", "tiny", "-w", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        parent, tasks, deadline = psutil.Process(run.pid), [], time.monotonic() + 120
+        while not tasks and run.poll() is None and time.monotonic() < deadline:
+            tasks = [c for c in parent.children(recursive=True) if "executor_main" in " ".join(_cmdline(c))]
+            time.sleep(0.1)
+        assert tasks, "no task process appeared"
+        run.send_signal(signal.SIGTERM)
+        output, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "SIGTERM received: stopped the run" in output
+    _, alive = psutil.wait_procs(tasks, timeout=30)
+    assert not alive, [_cmdline(p)[:3] for p in alive]
+
+
+def _cmdline(process: Any) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.Error:  # it ended (or became a zombie) while we looked
+        return []
 
 
 # --------------------------------------------------------------------------------------------- compiled
