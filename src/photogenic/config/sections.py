@@ -234,7 +234,7 @@ class TrainConfig:
     )
     precision: Literal["auto", "fp32", "bf16"] = doc(
         "'auto': DeepSpeed bf16 on a GPU that has it, else fp32; 'bf16': that, or on CPU bf16 autocast "
-        "(needs avx512_bf16 or AMX; fp32 weights and optimizer).",
+        "(needs avx512_bf16 or AMX; it cost the demo's pretraining its shapes: bench/results/concept_accuracy.md).",
         "auto",
     )
     cpu_threads: int = doc(

@@ -52,8 +52,9 @@ def use_bf16(train: TrainConfig) -> bool:
 def cpu_autocast(train: TrainConfig, device: torch.device) -> bool:
     """Whether a CPU run's forward passes run under `torch.autocast('cpu', torch.bfloat16)`: with
     `train.precision=bf16`, on a CPU with bf16 instructions (weights, gradients and optimizer stay fp32).
-    `auto` keeps CPU runs in fp32, so that a CPU run's model does not depend on the CPU's instruction set
-    (bench/results/step_variants.md: compiled and bf16, 0.91x the compiled fp32 step on 2 cores)."""
+    `auto` keeps CPU runs in fp32: the demo's pretraining in bf16 took 0.94x the time a step and learned
+    no shapes (bench/results/concept_accuracy.md), and a CPU run's model should not depend on whether
+    its CPU has bf16."""
     return device.type == "cpu" and train.precision == "bf16" and cpu_has_bf16(_precision_error)
 
 
