@@ -104,10 +104,12 @@ def pixel_features(images: np.ndarray) -> dict[str, np.ndarray]:
     h, w = g.shape[1] // 2 * 2, g.shape[2] // 2 * 2
     hh = (g[:, 0:h:2, 0:w:2] - g[:, 0:h:2, 1:w:2] - g[:, 1:h:2, 0:w:2] + g[:, 1:h:2, 1:w:2]) / 2
     n = len(g)
+    # Sums in float64: numpy's float32 sums peel a row's unaligned head before its SIMD loop, so their last
+    # bits followed where the row lay in memory (a container's allocator gave other sharpness values).
     return {
-        "sharpness": lap.reshape(n, -1).var(axis=1),
+        "sharpness": lap.reshape(n, -1).var(axis=1, dtype=np.float64).astype(np.float32),
         "noise": np.median(np.abs(hh).reshape(n, -1), axis=1) / 0.6745,
-        "brightness": g.reshape(n, -1).mean(axis=1),
+        "brightness": g.reshape(n, -1).mean(axis=1, dtype=np.float64).astype(np.float32),
         "clipped": ((g < 0.02) | (g > 0.98)).reshape(n, -1).mean(axis=1),
     }
 
