@@ -98,14 +98,17 @@ def pixel_features(images: np.ndarray) -> dict[str, np.ndarray]:
     """Hand-made image statistics of uint8 images (N, 3, H, W), on the luminance in [0, 1]:
     `sharpness` (variance of the Laplacian), `noise` (Donoho's robust sigma from the finest diagonal Haar
     band), `brightness` (mean) and `clipped` (share of pixels within 2% of black or white)."""
-    g = np.tensordot(np.array([0.299, 0.587, 0.114], dtype=np.float32), images.astype(np.float32), axes=([0], [1]))
-    g = g / 255.0
+    # Elementwise, not `tensordot`: BLAS's kernels round a pixel's weighted sum differently by where it
+    # lies in memory, so a container's allocator gave other luminance bits than the same run as processes.
+    rgb = images.astype(np.float32)
+    g = (np.float32(0.299) * rgb[:, 0] + np.float32(0.587) * rgb[:, 1] + np.float32(0.114) * rgb[:, 2]) / np.float32(
+        255
+    )
     lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
     h, w = g.shape[1] // 2 * 2, g.shape[2] // 2 * 2
     hh = (g[:, 0:h:2, 0:w:2] - g[:, 0:h:2, 1:w:2] - g[:, 1:h:2, 0:w:2] + g[:, 1:h:2, 1:w:2]) / 2
     n = len(g)
-    # Sums in float64: numpy's float32 sums peel a row's unaligned head before its SIMD loop, so their last
-    # bits followed where the row lay in memory (a container's allocator gave other sharpness values).
+    # Sums in float64, so that their float32 results do not follow how numpy's SIMD loops split a row.
     return {
         "sharpness": lap.reshape(n, -1).var(axis=1, dtype=np.float64).astype(np.float32),
         "noise": np.median(np.abs(hh).reshape(n, -1), axis=1) / 0.6745,
