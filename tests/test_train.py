@@ -24,6 +24,7 @@ from photogenic.data.validate import validate
 from photogenic.models import build_unet, latent_size
 from photogenic.storage import open_store
 from photogenic.train.checkpoint import CheckpointMismatchError
+from photogenic.train.deepspeed_config import cpu_has_bf16
 from photogenic.train.diffusion import DiffusionTrainer
 from photogenic.train.rehearsal import rehearsal_counts
 from photogenic.train.run import run_uri, train
@@ -294,10 +295,7 @@ def test_a_compiled_denoiser_trains_as_the_eager_one(tiny: dict[str, Any], tmp_p
     torch.testing.assert_close(out[True], out[False], rtol=1e-3, atol=1e-3)
 
 
-_CPU_BF16 = bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-
-
-@pytest.mark.skipif(not _CPU_BF16, reason="this CPU has no native bf16 (avx512_bf16 or AMX), which the test needs")
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16 (avx512_bf16 or AMX), which the test needs")
 def test_bf16_on_cpu_runs_the_forward_in_bf16_and_keeps_fp32_weights(tiny: dict[str, Any], tmp_path: Path) -> None:
     """`train.precision=bf16` on CPU: the denoiser's convolutions compute in bf16 under autocast while its
     weights, gradients and optimizer stay fp32, and the training follows the fp32 one up to bf16 rounding."""

@@ -101,9 +101,7 @@ def pixel_features(images: np.ndarray) -> dict[str, np.ndarray]:
     # Elementwise, not `tensordot`: BLAS's kernels round a pixel's weighted sum differently by where it
     # lies in memory, so a container's allocator gave other luminance bits than the same run as processes.
     rgb = images.astype(np.float32)
-    g = (np.float32(0.299) * rgb[:, 0] + np.float32(0.587) * rgb[:, 1] + np.float32(0.114) * rgb[:, 2]) / np.float32(
-        255
-    )
+    g = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]) / 255  # float32: numpy 2's scalars are weak
     lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
     h, w = g.shape[1] // 2 * 2, g.shape[2] // 2 * 2
     hh = (g[:, 0:h:2, 0:w:2] - g[:, 0:h:2, 1:w:2] - g[:, 1:h:2, 0:w:2] + g[:, 1:h:2, 1:w:2]) / 2

@@ -45,7 +45,7 @@ def use_bf16(train: TrainConfig) -> bool:
     On CPU, `bf16` means autocast instead (`cpu_autocast`) and DeepSpeed stays in fp32."""
     gpu_bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
     if train.precision == "bf16" and not gpu_bf16:
-        cpu_has_bf16(_precision_error)  # raises on a machine with no bf16 at all
+        _require_cpu_bf16()  # a machine with no bf16 at all
     return gpu_bf16 and train.precision != "fp32"
 
 
@@ -55,24 +55,24 @@ def cpu_autocast(train: TrainConfig, device: torch.device) -> bool:
     `auto` keeps CPU runs in fp32: the demo's pretraining in bf16 took 0.94x the time a step and learned
     no shapes (bench/results/concept_accuracy.md), and a CPU run's model should not depend on whether
     its CPU has bf16."""
-    return device.type == "cpu" and train.precision == "bf16" and cpu_has_bf16(_precision_error)
+    if device.type != "cpu" or train.precision != "bf16":
+        return False
+    _require_cpu_bf16()
+    return True
 
 
-def _precision_error() -> ConfigError:
-    return ConfigError(
-        "config key 'train.precision' is 'bf16' but this machine has neither a bf16-capable GPU nor a CPU with bf16 "
-        "instructions (avx512_bf16 or amx_bf16); set it to 'fp32' or 'auto'"
-    )
-
-
-def cpu_has_bf16(error: Any = None) -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (emulated bf16 is slower than fp32). With `error`,
-    a CPU without it raises `error()` instead of returning False."""
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (emulated bf16 is slower than fp32)."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    native = bool(check is not None and check())
-    if not native and error is not None:
-        raise error()
-    return native
+    return bool(check is not None and check())
+
+
+def _require_cpu_bf16() -> None:
+    if not cpu_has_bf16():
+        raise ConfigError(
+            "config key 'train.precision' is 'bf16' but this machine has neither a bf16-capable GPU nor a CPU with "
+            "bf16 instructions (avx512_bf16 or amx_bf16); set it to 'fp32' or 'auto'"
+        )
 
 
 def zero_stage(train: TrainConfig, world_size: int) -> int:
